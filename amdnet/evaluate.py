@@ -1,0 +1,143 @@
+"""Scoring a split: every query against every video, in bounded chunks; metrics and predictions."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from amdnet.atomic import write_json_atomic, write_jsonl_atomic
+from amdnet.config import FeatureFiles, ModelConfig, TrainConfig, config_from_dict, resolve_device
+from amdnet.data import VideoCaptionDataset, collate_videos_with_captions
+from amdnet.metrics import ranks_from_scores, retrieval_metrics
+from amdnet.model import AMDNet
+
+TOP_K_PREDICTIONS = 10
+
+
+@dataclass
+class EncodedSplit:
+    """Model outputs for a whole split, L2-normalised where cosines are taken."""
+    queries: torch.Tensor  # (Nq, d) unit vectors
+    relevant_video: torch.Tensor  # (Nq,) index of each query's video
+    cap_ids: list[str]
+    clip_features: torch.Tensor  # (Nv, N, d) unit vectors
+    proposals: torch.Tensor  # (Nv, K, d) unit vectors
+    centers: torch.Tensor  # (Nv, K)
+    widths: torch.Tensor  # (Nv, K)
+
+
+@torch.no_grad()
+def encode_split(model: AMDNet, dataset: VideoCaptionDataset, device: torch.device,
+                 batch_size: int, num_workers: int = 0) -> EncodedSplit:
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_videos_with_captions)
+    queries, relevant, cap_ids, clips, proposals, centers, widths = [], [], [], [], [], [], []
+    for batch in loader:
+        token_mask = None if batch["token_mask"] is None else batch["token_mask"].to(device)
+        queries.append(F.normalize(model.encode_queries(batch["queries"].to(device), token_mask), dim=-1))
+        relevant.append(batch["video_indices"][batch["caption_to_video"]])
+        cap_ids += batch["cap_ids"]
+        videos = model.encode_videos(batch["clips"].to(device))
+        clips.append(F.normalize(videos.clip_features, dim=-1))
+        proposals.append(F.normalize(videos.proposals, dim=-1))
+        centers.append(videos.centers)
+        widths.append(videos.widths)
+    return EncodedSplit(torch.cat(queries), torch.cat(relevant).to(device), cap_ids, torch.cat(clips),
+                        torch.cat(proposals), torch.cat(centers), torch.cat(widths))
+
+
+def cosine_scores(queries: torch.Tensor, clip_features: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """(q, d) x (Nv, N, d) unit vectors -> (q, Nv): best clip cosine, over chunks of videos."""
+    scores = []
+    for start in range(0, clip_features.shape[0], chunk_size):
+        chunk = clip_features[start:start + chunk_size]  # (v, N, d)
+        per_clip = queries @ chunk.flatten(0, 1).T  # (q, v*N)
+        scores.append(per_clip.view(queries.shape[0], chunk.shape[0], -1).amax(dim=-1))  # (q, v)
+    return torch.cat(scores, dim=1)
+
+
+def rank_split(encoded: EncodedSplit, chunk_size: int, top_k: int = 0):
+    """Ranks (Nq,) of every query's relevant video, plus the top_k (video indices, scores) per query."""
+    ranks, top_videos, top_scores = [], [], []
+    top_k = min(top_k, encoded.clip_features.shape[0])
+    for start in range(0, encoded.queries.shape[0], chunk_size):
+        scores = cosine_scores(encoded.queries[start:start + chunk_size], encoded.clip_features, chunk_size)
+        ranks.append(ranks_from_scores(scores, encoded.relevant_video[start:start + chunk_size]))
+        if top_k:
+            best = torch.nan_to_num(scores, nan=float("-inf")).topk(top_k, dim=1)
+            top_videos.append(best.indices)
+            top_scores.append(best.values)
+    if not top_k:
+        return torch.cat(ranks), None, None
+    return torch.cat(ranks), torch.cat(top_videos), torch.cat(top_scores)
+
+
+def split_metrics(model: AMDNet, dataset: VideoCaptionDataset, device: torch.device,
+                  chunk_size: int, num_workers: int = 0) -> dict[str, float]:
+    """Retrieval metrics of a split; the trainer's validation and `evaluate` share this path."""
+    ranks, _, _ = rank_split(encode_split(model, dataset, device, chunk_size, num_workers), chunk_size)
+    return retrieval_metrics(ranks.cpu().numpy())
+
+
+def best_moment_spans(encoded: EncodedSplit, query_index: torch.Tensor, video_index: torch.Tensor) -> torch.Tensor:
+    """(P,) query and (P,) video indices -> (P, 2) [start, end] fractions of the video, from the
+    moment whose proposal has the highest cosine with the query."""
+    similarity = (encoded.proposals[video_index] @ encoded.queries[query_index].unsqueeze(-1)).squeeze(-1)  # (P, K)
+    moment = similarity.argmax(dim=1, keepdim=True)  # (P, 1)
+    center = encoded.centers[video_index].gather(1, moment).squeeze(1)  # (P,)
+    width = encoded.widths[video_index].gather(1, moment).squeeze(1)  # (P,)
+    return torch.stack([center - width / 2, center + width / 2], dim=1).clamp(0.0, 1.0)  # (P, 2)
+
+
+def prediction_records(encoded: EncodedSplit, dataset: VideoCaptionDataset, ranks: list[int],
+                       top_videos: torch.Tensor, top_scores: torch.Tensor, chunk_size: int):
+    """Yields one predictions.jsonl record per query; spans in seconds of the video."""
+    top_k = top_videos.shape[1]
+    relevant = encoded.relevant_video.cpu().tolist()
+    for start in range(0, len(encoded.cap_ids), chunk_size):
+        videos = top_videos[start:start + chunk_size]  # (q, k)
+        query_index = torch.arange(start, start + videos.shape[0], device=videos.device).repeat_interleave(top_k)
+        spans = best_moment_spans(encoded, query_index, videos.flatten()).view(-1, top_k, 2).cpu().tolist()
+        scores = top_scores[start:start + chunk_size].cpu().tolist()
+        for offset, (video_row, score_row, span_row) in enumerate(zip(videos.cpu().tolist(), scores, spans)):
+            query = start + offset
+            top = [{"video_id": dataset.video_ids[video], "score": score,
+                    "span": [span[0] * dataset.durations[video], span[1] * dataset.durations[video]]}
+                   for video, score, span in zip(video_row, score_row, span_row)]
+            yield {"cap_id": encoded.cap_ids[query], "video_id": dataset.video_ids[relevant[query]],
+                   "rank": ranks[query], "top10": top}
+
+
+def load_model(checkpoint: dict, device: torch.device) -> tuple[AMDNet, TrainConfig]:
+    model_config = config_from_dict(ModelConfig, checkpoint["model_config"])
+    train_config = config_from_dict(TrainConfig, checkpoint["train_config"])
+    model = AMDNet(model_config, checkpoint["video_dim"], checkpoint["query_dim"])
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device), train_config
+
+
+def evaluate(checkpoint: Path, files: FeatureFiles, queries_path: Path, split: str, out_dir: Path,
+             chunk_size: int = 1024, device: str = "auto") -> dict:
+    """Scores all queries of `split` against all its videos; writes metrics.json and predictions.jsonl."""
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    torch_device = resolve_device(device)
+    state = torch.load(checkpoint, map_location=torch_device, weights_only=True)
+    model, train_config = load_model(state, torch_device)
+    dataset = VideoCaptionDataset(files, queries_path, split, train_config.query_input,
+                                  train_config.use_subtitles, model.config.map_size)
+    if (dataset.video_dim, dataset.query_dim) != (state["video_dim"], state["query_dim"]):
+        raise ValueError(f"{checkpoint} expects video/query dims {state['video_dim']}/{state['query_dim']},"
+                         f" but {files.video} / {files.query} give {dataset.video_dim}/{dataset.query_dim}")
+    encoded = encode_split(model, dataset, torch_device, chunk_size)
+    ranks, top_videos, top_scores = rank_split(encoded, chunk_size, TOP_K_PREDICTIONS)
+    metrics = retrieval_metrics(ranks.cpu().numpy())
+    metrics.update(n_queries=len(encoded.cap_ids), n_videos=len(dataset), split=split)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(out_dir / "predictions.jsonl",
+                       prediction_records(encoded, dataset, ranks.cpu().tolist(), top_videos, top_scores, chunk_size))
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,192 @@
+"""Training loop: epochs over the train split, validation SumR for model selection and early stop,
+atomic checkpoints, resumable so that an interrupted run ends exactly like an uninterrupted one."""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from amdnet.atomic import atomic_path, write_jsonl_atomic
+from amdnet.config import (
+    RESULT_NEUTRAL_TRAIN_FIELDS,
+    FeatureFiles,
+    ModelConfig,
+    TrainConfig,
+    config_from_dict,
+    resolve_device,
+)
+from amdnet.data import VideoCaptionDataset, clip_statistics, collate_videos_with_captions
+from amdnet.evaluate import split_metrics
+from amdnet.losses import amdnet_loss
+from amdnet.metrics import format_metrics
+from amdnet.model import AMDNet
+from amdnet.optim import BertAdam, parameter_groups, warmup_linear_factor
+
+log = logging.getLogger(__name__)
+
+LOSS_TERMS = ("loss", "nce", "div", "rel")
+VAL_METRICS = ("R@1", "R@5", "R@10", "R@100", "SumR", "median_rank", "mean_rank")
+
+
+@dataclass
+class TrainingState:
+    """Everything besides weights and optimizer moments that a resumed run needs."""
+    epoch: int = 0  # last completed epoch
+    best_sumr: float = -math.inf
+    best_epoch: int = 0
+    best_metrics: dict = field(default_factory=dict)
+    epochs_without_improvement: int = 0
+    stopped_early: bool = False
+    history: list = field(default_factory=list)  # one log.jsonl record per completed epoch
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of everything random in one epoch (shuffle order, dropout), a function of (seed, epoch) only,
+    so a resumed run draws the same numbers as an uninterrupted one."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def result_relevant_configs(model_config: ModelConfig, train_config: TrainConfig) -> dict:
+    train_values = {k: v for k, v in asdict(train_config).items() if k not in RESULT_NEUTRAL_TRAIN_FIELDS}
+    return {"model": asdict(model_config), "train": train_values}
+
+
+def load_resumable_state(out_dir: Path, model: AMDNet, optimizer: BertAdam, model_config: ModelConfig,
+                         train_config: TrainConfig, device: torch.device) -> TrainingState:
+    """Restores last.pt when it was written with the same result-relevant configs, else starts fresh."""
+    last_path = out_dir / "last.pt"
+    if not last_path.exists():
+        return TrainingState()
+    checkpoint = torch.load(last_path, map_location=device, weights_only=True)
+    stored = result_relevant_configs(config_from_dict(ModelConfig, checkpoint["model_config"]),
+                                     config_from_dict(TrainConfig, checkpoint["train_config"]))
+    if stored != result_relevant_configs(model_config, train_config):
+        log.warning("%s was written with other configs; training from scratch", last_path)
+        return TrainingState()
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    log.info("resuming after epoch %d from %s", checkpoint["state"]["epoch"], last_path)
+    return TrainingState(**checkpoint["state"])
+
+
+def save_checkpoint(path: Path, model: AMDNet, model_config: ModelConfig, train_config: TrainConfig,
+                    input_dims: tuple[int, int], **extra):
+    """Tensors, numbers and plain dicts only, so that torch.load(weights_only=True) reads it."""
+    checkpoint = {"model": model.state_dict(), "model_config": asdict(model_config),
+                  "train_config": asdict(train_config), "video_dim": input_dims[0],
+                  "query_dim": input_dims[1], **extra}
+    with atomic_path(path) as temporary:
+        torch.save(checkpoint, temporary)
+
+
+def plot_curves(history: list[dict], path: Path):
+    epochs = [record["epoch"] for record in history]
+    figure = Figure(figsize=(11, 4))  # pyplot-free: the Agg canvas, no global figure state
+    loss_axis, sumr_axis = figure.subplots(1, 2)
+    for term in LOSS_TERMS:
+        loss_axis.plot(epochs, [record[term] for record in history], label=term)
+    loss_axis.set(xlabel="epoch", ylabel="training loss (epoch mean)", yscale="log")
+    loss_axis.legend()
+    sumr_axis.plot(epochs, [record["val_SumR"] for record in history], marker="o")
+    sumr_axis.set(xlabel="epoch", ylabel="validation SumR")
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+
+
+def train_one_epoch(model: AMDNet, optimizer: BertAdam, dataset: VideoCaptionDataset, config: TrainConfig,
+                    epoch: int, total_steps: int, device: torch.device, progress: bool) -> dict[str, float]:
+    """One pass over the train split; returns the mean of each loss term and the last learning rate."""
+    seed = epoch_seed(config.seed, epoch)
+    torch.manual_seed(seed)  # dropout
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers,
+                        collate_fn=collate_videos_with_captions, generator=torch.Generator().manual_seed(seed))
+    model.train()
+    sums = dict.fromkeys(LOSS_TERMS, 0.0)
+    step = (epoch - 1) * len(loader)
+    lr = config.lr
+    for batch in tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False):
+        step += 1
+        token_mask = None if batch["token_mask"] is None else batch["token_mask"].to(device)
+        queries = model.encode_queries(batch["queries"].to(device), token_mask)  # (Nq, d)
+        videos = model.encode_videos(batch["clips"].to(device))
+        terms = amdnet_loss(queries, videos, batch["caption_to_video"].to(device), config)
+        optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        lr = config.lr * warmup_linear_factor(step, total_steps, config.warmup_proportion)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+        for name, value in zip(LOSS_TERMS, terms):
+            sums[name] += value.item()
+    return {name: total / len(loader) for name, total in sums.items()} | {"lr": lr}
+
+
+def train(model_config: ModelConfig, train_config: TrainConfig, files: FeatureFiles, queries_path: Path,
+          out_dir: Path, progress: bool = True, epoch_limit: int | None = None) -> dict:
+    """Trains on split 'train', selects on split 'val'; writes best.pt, last.pt, log.jsonl, curves.png.
+
+    Resumes from out_dir/last.pt when it was written with the same configs. `epoch_limit` stops this
+    call after that many epochs (for time-sliced jobs); calling again continues the same run.
+
+    Returns {"best_epoch", "best_val_metrics", "epochs_run", "stopped_early"}.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(train_config.device)
+    seed_everything(train_config.seed)
+    dataset_options = dict(query_input=train_config.query_input, use_subtitles=train_config.use_subtitles,
+                           map_size=model_config.map_size)
+    train_set = VideoCaptionDataset(files, queries_path, "train", **dataset_options)
+    val_set = VideoCaptionDataset(files, queries_path, "val", **dataset_options)
+    input_dims = (train_set.video_dim, train_set.query_dim)
+    model = AMDNet(model_config, *input_dims)
+    if model_config.standardize_video:
+        model.set_video_statistics(*clip_statistics(train_set))
+    model = model.to(device)
+    optimizer = BertAdam(parameter_groups(model, train_config.weight_decay), lr=train_config.lr,
+                         max_grad_norm=train_config.max_grad_norm)
+    state = load_resumable_state(out_dir, model, optimizer, model_config, train_config, device)
+    total_steps = math.ceil(len(train_set) / train_config.batch_size) * train_config.max_epochs
+
+    last_epoch_this_call = train_config.max_epochs if epoch_limit is None else state.epoch + epoch_limit
+    while not state.stopped_early and state.epoch < min(train_config.max_epochs, last_epoch_this_call):
+        epoch = state.epoch + 1
+        started = time.perf_counter()
+        losses = train_one_epoch(model, optimizer, train_set, train_config, epoch, total_steps, device, progress)
+        metrics = split_metrics(model, val_set, device, train_config.eval_chunk_size, train_config.num_workers)
+        state.history.append({"epoch": epoch, **losses, **{f"val_{k}": metrics[k] for k in VAL_METRICS},
+                              "seconds": time.perf_counter() - started})
+        state.epoch = epoch
+        if metrics["SumR"] > state.best_sumr:
+            state.best_sumr, state.best_epoch, state.best_metrics = metrics["SumR"], epoch, metrics
+            state.epochs_without_improvement = 0
+            save_checkpoint(out_dir / "best.pt", model, model_config, train_config, input_dims,
+                            epoch=epoch, val_metrics=metrics)
+        else:
+            state.epochs_without_improvement += 1
+        state.stopped_early = state.epochs_without_improvement >= train_config.patience
+        save_checkpoint(out_dir / "last.pt", model, model_config, train_config, input_dims,
+                        optimizer=optimizer.state_dict(), state=asdict(state))
+        write_jsonl_atomic(out_dir / "log.jsonl", state.history)
+        log.info("epoch %d loss %.4f val %s", epoch, losses["loss"], format_metrics(metrics))
+
+    if state.history:  # drawn once at the end: plotting every epoch costs more than a small epoch
+        plot_curves(state.history, out_dir / "curves.png")
+    return {"best_epoch": state.best_epoch, "best_val_metrics": state.best_metrics,
+            "epochs_run": state.epoch, "stopped_early": state.stopped_early}

@@ -1,0 +1,249 @@
+"""Dataset configs: one YAML file per dataset, validated against a schema before any work starts.
+
+A config is a nested dict of plain values. The schema below is the single description of every key:
+its type, its default (or that it is required) and whether it can change a stage's results. Keys that
+cannot (devices, inference batch sizes, worker counts) are left out of stage fingerprints, so changing
+them reruns nothing.
+
+Overrides use one scheme everywhere: ``section.key=value`` pairs, separated by spaces (for example
+``--set "visual.fps=2 train.max_epochs=5"`` on the Luigi command line, or ``SET=...`` for make). Values
+are parsed as YAML scalars, then validated exactly like the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import typing
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from amdnet.config import RESULT_NEUTRAL_TRAIN_FIELDS, ModelConfig, TrainConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+_REQUIRED = object()
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file and the key path."""
+
+
+@dataclass(frozen=True)
+class Key:
+    types: tuple[type, ...]
+    default: Any = _REQUIRED
+    affects_results: bool = True
+    choices: tuple | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is _REQUIRED
+
+
+def _key(types, default=_REQUIRED, affects_results=True, choices=None) -> Key:
+    types = types if isinstance(types, tuple) else (types,)
+    return Key(types, default, affects_results, choices)
+
+
+def _section_from_dataclass(cls, non_result: set[str]) -> dict[str, Key]:
+    """The model and train sections are the AMDNet dataclasses themselves: one source of truth."""
+    hints = typing.get_type_hints(cls)
+    section = {}
+    for field in dataclasses.fields(cls):
+        hint = hints[field.name]
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+        if origin is typing.Literal:
+            types, choices = (type(args[0]),), args
+        else:
+            types, choices = (args if origin else (hint,)), None
+        section[field.name] = _key(types, field.default, field.name not in non_result, choices)
+    return section
+
+
+OptStr = (str, type(None))
+
+SCHEMA: dict[str, Any] = {
+    "name": _key(str),
+    "workdir": _key(str, "work", affects_results=False),
+    "data": {
+        # "files": read the annotation files below; "demo": generate the embedded demo dataset first.
+        "source": _key(str, "files", choices=("files", "demo")),
+        "format": _key(str, "tvr", choices=("tvr",)),
+        "root": _key(OptStr, None),
+        "annotations": {
+            "train": _key(str),
+            "val": _key(OptStr, None),
+            "test": _key(str),
+        },
+        "subtitles": _key(OptStr, None),
+        "videos": _key(str, "videos"),
+        "video_ext": _key(str, ".mp4"),
+        "demo_videos": _key(int, 48),
+        "demo_seed": _key(int, 0),
+    },
+    "visual": {
+        "backbone": _key(str, "clip"),
+        "model": _key(str, "ViT-B-32"),
+        "pretrained": _key(OptStr, None),
+        "seed": _key(int, 0),
+        "fps": _key(float, 3.0),
+        "size": _key(int, 224),
+        "batch_size": _key(int, 64, affects_results=False),
+        "num_workers": _key(int, 1, affects_results=False),
+        "device": _key(str, "auto", affects_results=False),
+        "max_failed_fraction": _key(float, 0.1, affects_results=False),
+    },
+    "text": {
+        "model": _key(str, "roberta-base"),
+        "layer": _key(int, -1, choices=(-1, -2)),
+        "max_length": _key(int, 64),
+        "strip_special_tokens": _key(bool, False),
+        "batch_size": _key(int, 64, affects_results=False),
+        "device": _key(str, "auto", affects_results=False),
+    },
+    "model": _section_from_dataclass(ModelConfig, non_result=set()),
+    "train": _section_from_dataclass(TrainConfig, non_result=set(RESULT_NEUTRAL_TRAIN_FIELDS)),
+    "evaluate": {
+        "split": _key(str, "test", choices=("val", "test")),
+        "chunk_size": _key(int, 1024, affects_results=False),
+        "device": _key(str, "auto", affects_results=False),
+    },
+}
+
+
+def load_config(dataset: str, overrides: str = "") -> dict:
+    """Load ``configs/<dataset>.yaml`` (or a YAML path), apply overrides, validate, fill defaults."""
+    return _load_config_cached(dataset, overrides)
+
+
+@lru_cache(maxsize=64)
+def _load_config_cached(dataset: str, overrides: str) -> dict:
+    path = resolve_config_path(dataset)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    raw.setdefault("name", path.stem)
+    for key_path, value in parse_overrides(overrides):
+        _set_path(raw, key_path, value, path)
+    config = _validate(raw, SCHEMA, path, prefix="")
+    for section, build in (("model", model_config), ("train", train_config)):
+        try:  # the AMDNet dataclasses check value ranges and combinations themselves
+            build(config)
+        except ValueError as err:
+            raise ConfigError(f"{path}: {section}: {err}") from None
+    return config
+
+
+def resolve_config_path(dataset: str) -> Path:
+    candidate = Path(dataset)
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise ConfigError(f"config file not found: {candidate}")
+        return candidate
+    path = CONFIG_DIR / f"{dataset}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown dataset {dataset!r}: no {path}; known: {', '.join(known)}")
+    return path
+
+
+def parse_overrides(overrides: str) -> list[tuple[str, Any]]:
+    pairs = []
+    for item in shlex.split(overrides or ""):
+        key_path, sep, text = item.partition("=")
+        if not sep or not key_path:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        pairs.append((key_path, yaml.safe_load(text) if text else None))
+    return pairs
+
+
+def _set_path(raw: dict, key_path: str, value: Any, path: Path) -> None:
+    node, schema = raw, SCHEMA
+    *parents, leaf = key_path.split(".")
+    for i, part in enumerate(parents):
+        schema = schema.get(part) if isinstance(schema, dict) else None
+        if not isinstance(schema, dict):
+            raise ConfigError(f"override {key_path}: unknown section {'.'.join(parents[: i + 1])!r}")
+        node = node.setdefault(part, {})
+    if not (isinstance(schema, dict) and leaf in schema):
+        raise ConfigError(f"override {key_path}: unknown key (config {path})")
+    node[leaf] = value
+
+
+def _validate(raw: dict, schema: dict, path: Path, prefix: str) -> dict:
+    unknown = sorted(set(raw) - set(schema))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {prefix + unknown[0]!r}; allowed here: {', '.join(sorted(schema))}")
+    result = {}
+    for name, spec in schema.items():
+        key_path = prefix + name
+        if isinstance(spec, dict):
+            value = raw.get(name, {})
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: {key_path!r} must be a mapping, got {value!r}")
+            result[name] = _validate(value, spec, path, key_path + ".")
+        elif name in raw:
+            result[name] = _check_value(raw[name], spec, path, key_path)
+        elif spec.required:
+            raise ConfigError(f"{path}: missing required key {key_path!r}")
+        else:
+            result[name] = spec.default
+    return result
+
+
+def _check_value(value: Any, spec: Key, path: Path, key_path: str) -> Any:
+    if float in spec.types and not isinstance(value, bool):
+        value = _as_float(value)
+    # bool is an int in Python; an int key must not silently accept true/false.
+    type_ok = isinstance(value, spec.types) and not (isinstance(value, bool) and bool not in spec.types)
+    if not type_ok:
+        expected = " or ".join("null" if t is type(None) else t.__name__ for t in spec.types)
+        raise ConfigError(f"{path}: {key_path!r} must be {expected}, got {type(value).__name__} {value!r}")
+    if spec.choices is not None and value not in spec.choices:
+        raise ConfigError(f"{path}: {key_path!r} must be one of {list(spec.choices)}, got {value!r}")
+    return value
+
+
+def _as_float(value: Any) -> Any:
+    """Ints are valid floats, and so is '1e-4', which YAML 1.1 reads as a string."""
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def result_subset(config: dict, reads: tuple[str, ...]) -> dict:
+    """The values of the sections/keys a stage reads, without those that cannot change results."""
+    subset = {}
+    for entry in reads:
+        section, _, key = entry.partition(".")
+        schema, values = SCHEMA[section], config[section]
+        if key:
+            schema, values = {key: schema[key]}, {key: values[key]}
+        subset[entry] = _result_values(values, schema)
+    return subset
+
+
+def _result_values(values: dict, schema: dict) -> dict:
+    return {name: _result_values(values[name], spec) if isinstance(spec, dict) else values[name]
+            for name, spec in schema.items() if isinstance(spec, dict) or spec.affects_results}
+
+
+def model_config(config: dict) -> ModelConfig:
+    return ModelConfig(**config["model"])
+
+
+def train_config(config: dict) -> TrainConfig:
+    return TrainConfig(**config["train"])

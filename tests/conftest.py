@@ -1,0 +1,66 @@
+"""Fixtures shared by the pipeline tests: tiny dataset configs and a record of which stages ran."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import luigi
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+# The demo config, shrunk: few short videos, a tiny CLIP, a tiny AMDNet, few epochs.
+TINY = {
+    "data": {"demo_videos": 8},
+    "visual": {"model": "TinyViT-32-test", "fps": 1.0, "size": 64, "num_workers": 0, "batch_size": 16},
+    "model": {"hidden_size": 32},
+    "train": {"max_epochs": 2, "batch_size": 4, "patience": 2},
+}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in extra.items():
+        merged[key] = _merge(merged.get(key, {}), value) if isinstance(value, dict) else value
+    return merged
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    """Write a config derived from configs/demo.yaml into tmp_path; returns its path."""
+
+    def make(extra: dict | None = None, name: str = "tiny.yaml", base: dict | None = None) -> Path:
+        demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+        config = _merge(_merge(demo, base if base is not None else TINY), extra or {})
+        config.setdefault("workdir", str(tmp_path / "work"))
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return make
+
+
+class StageRecorder:
+    """Collects the stage names whose ``run`` succeeded, via Luigi's own event hooks."""
+
+    def __init__(self):
+        self.ran: list[str] = []
+
+    def __call__(self, task):
+        if hasattr(task, "stage"):  # wrapper tasks have no outputs of their own
+            self.ran.append(task.stage)
+
+    def build(self, tasks) -> list[str]:
+        self.ran.clear()
+        assert luigi.build(tasks, local_scheduler=True, log_level="WARNING"), "luigi.build reported a failure"
+        return sorted(self.ran)
+
+
+@pytest.fixture
+def run_stages():
+    recorder = StageRecorder()
+    luigi.Task.event_handler(luigi.Event.SUCCESS)(recorder)
+    yield recorder
+    luigi.Task.remove_event_handler(luigi.Event.SUCCESS, recorder)

@@ -1,0 +1,140 @@
+import json
+
+import pytest
+import torch
+
+from amdnet import AMDNet, ModelConfig, TrainConfig, evaluate, train
+from amdnet.cli import main
+from amdnet.evaluate import load_model
+from amdnet.synthetic import SyntheticCorpusSpec, write_synthetic_corpus
+
+N_VAL_VIDEOS = 40
+SMALL_MODEL = ModelConfig(hidden_size=32, input_dropout=0.0, dropout=0.1)
+
+
+def small_train_config(**overrides) -> TrainConfig:
+    values = dict(lr=3e-3, batch_size=32, max_epochs=8, patience=100, lambda_nce=1.0, device="cpu")
+    return TrainConfig(**(values | overrides))
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    # Two shared cores: one intra-op thread avoids spin-wait contention and keeps tests fast.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Each caption is generated from one segment of its video (partial relevance)."""
+    spec = SyntheticCorpusSpec({"train": 160, "val": N_VAL_VIDEOS, "test": 20}, captions_per_video=2)
+    return write_synthetic_corpus(tmp_path_factory.mktemp("corpus"), spec)
+
+
+@pytest.fixture(scope="module")
+def trained_run(corpus, tmp_path_factory):
+    files, queries_path = corpus
+    out_dir = tmp_path_factory.mktemp("run")
+    torch.set_num_threads(1)
+    summary = train(SMALL_MODEL, small_train_config(), files, queries_path, out_dir, progress=False)
+    return summary, out_dir
+
+
+def test_training_learns_partially_relevant_retrieval(trained_run):
+    summary, out_dir = trained_run
+    chance_r1 = 100.0 / N_VAL_VIDEOS
+    assert summary["best_val_metrics"]["R@1"] > 10 * chance_r1
+    assert summary["epochs_run"] == 8 and not summary["stopped_early"]
+    log = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in log] == list(range(1, 9))
+    assert log[-1]["loss"] < log[0]["loss"]
+    assert log[-1]["lr"] == 0.0  # the schedule ends at zero on the last step
+    best = max(log, key=lambda record: record["val_SumR"])
+    assert summary["best_epoch"] == best["epoch"]
+    assert (out_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_checkpoints_load_with_weights_only(trained_run):
+    _, out_dir = trained_run
+    for name in ("best.pt", "last.pt"):
+        checkpoint = torch.load(out_dir / name, weights_only=True)
+        model, train_config = load_model(checkpoint, torch.device("cpu"))
+        assert isinstance(model, AMDNet) and train_config.lr == 3e-3
+    assert torch.load(out_dir / "last.pt", weights_only=True)["state"]["epoch"] == 8
+
+
+def test_evaluate_writes_metrics_and_predictions(trained_run, corpus, tmp_path):
+    _, run_dir = trained_run
+    files, queries_path = corpus
+    metrics = evaluate(run_dir / "best.pt", files, queries_path, "test", tmp_path, chunk_size=7, device="cpu")
+    assert metrics["n_queries"] == 40 and metrics["n_videos"] == 20 and metrics["split"] == "test"
+    assert metrics["R@1"] > 5 * 100.0 / 20
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    predictions = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 40
+    ranks = [p["rank"] for p in predictions]
+    assert sum(rank == 1 for rank in ranks) / 40 * 100 == pytest.approx(metrics["R@1"])
+    for prediction in predictions:
+        assert len(prediction["top10"]) == 10
+        scores = [entry["score"] for entry in prediction["top10"]]
+        assert scores == sorted(scores, reverse=True)
+        if prediction["rank"] == 1:
+            assert prediction["top10"][0]["video_id"] == prediction["video_id"]
+        for entry in prediction["top10"]:
+            start, end = entry["span"]
+            assert 0.0 <= start <= end <= 60 / 3.0  # at most 60 frames sampled at 3 fps
+
+
+def test_evaluation_does_not_depend_on_chunk_size(trained_run, corpus, tmp_path):
+    _, run_dir = trained_run
+    files, queries_path = corpus
+    small = evaluate(run_dir / "best.pt", files, queries_path, "val", tmp_path / "a", chunk_size=3, device="cpu")
+    large = evaluate(run_dir / "best.pt", files, queries_path, "val", tmp_path / "b", chunk_size=1000, device="cpu")
+    assert small == large
+
+
+def test_resumed_run_equals_uninterrupted_run(corpus, tmp_path):
+    files, queries_path = corpus
+    config = small_train_config(max_epochs=3, batch_size=64)
+    train(SMALL_MODEL, config, files, queries_path, tmp_path / "straight", progress=False)
+    train(SMALL_MODEL, config, files, queries_path, tmp_path / "resumed", progress=False, epoch_limit=1)
+    assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["state"]["epoch"] == 1
+    summary = train(SMALL_MODEL, config, files, queries_path, tmp_path / "resumed", progress=False)
+    assert summary["epochs_run"] == 3
+
+    straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    for name, weight in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][name], weight, rtol=1e-5, atol=1e-6)
+    straight_log = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    resumed_log = [json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
+    for a, b in zip(straight_log, resumed_log, strict=True):
+        for key in ("loss", "nce", "div", "rel", "lr", "val_SumR"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5)
+
+
+def test_early_stopping_after_patience(corpus, tmp_path):
+    files, queries_path = corpus
+    frozen = small_train_config(lr=0.0, max_epochs=5, patience=2, batch_size=80)  # lr 0: SumR never improves
+    summary = train(SMALL_MODEL, frozen, files, queries_path, tmp_path, progress=False)
+    assert summary["stopped_early"] and summary["epochs_run"] == 3 and summary["best_epoch"] == 1
+
+
+def test_cli_train_then_evaluate(corpus, tmp_path, capsys):
+    files, queries_path = corpus
+    common = ["--video-features", str(files.video), "--query-features", str(files.query),
+              "--queries", str(queries_path)]
+    main(["train", *common, "--out", str(tmp_path / "run"), "--no-progress", "--set", "max_epochs=1",
+          "--set", "model.hidden_size=16", "--set", "query_input=tokens", "--set", "batch_size=80",
+          "--set", "device=cpu"])
+    checkpoint = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert checkpoint["model_config"]["hidden_size"] == 16
+    assert checkpoint["train_config"]["query_input"] == "tokens"
+    main(["evaluate", *common, "--checkpoint", str(tmp_path / "run" / "best.pt"), "--split", "test",
+          "--out", str(tmp_path / "eval"), "--device", "cpu"])
+    assert "test (40 queries x 20 videos)" in capsys.readouterr().out
+    assert (tmp_path / "eval" / "predictions.jsonl").exists()
+    with pytest.raises(SystemExit, match="unknown key"):
+        main(["train", *common, "--out", str(tmp_path / "x"), "--set", "hidden=3"])

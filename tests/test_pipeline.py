@@ -1,0 +1,134 @@
+"""The Luigi graph end to end on a tiny demo: fingerprints decide exactly which stages rerun."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+
+import tasks
+from pipeline.config import load_config
+from pipeline.stage import StageFailed
+
+REPO = Path(__file__).resolve().parent.parent
+ALL_STAGES = sorted(["demo_data", "dataset", "visual", "queries", "subtitles", "train", "evaluate"])
+
+
+def _evaluate(config, overrides=""):
+    return tasks.Evaluate(dataset=str(config), set=overrides)
+
+
+def test_fingerprints_rerun_exactly_the_stale_stages(make_config, run_stages):
+    config = make_config()
+    assert run_stages.build([_evaluate(config)]) == ALL_STAGES
+    assert run_stages.build([_evaluate(config)]) == []
+
+    # A different visual backbone: visual features and everything downstream of them.
+    assert run_stages.build([_evaluate(config, "visual.model=TinyViT-16-test")]) == ["evaluate", "train", "visual"]
+    # A training setting: training and evaluation only.
+    assert run_stages.build([_evaluate(config, "train.lr=0.001")]) == ["evaluate", "train"]
+    # Settings that cannot change results: nothing.
+    neutral = ("visual.device=cpu visual.batch_size=3 visual.num_workers=1 text.batch_size=5 "
+               "train.num_workers=1 evaluate.chunk_size=7 visual.max_failed_fraction=0.5")
+    assert run_stages.build([_evaluate(config, neutral)]) == []
+    # Subtitles live on the sampling grid: a new fps reruns them, but never query encoding.
+    assert run_stages.build([_evaluate(config, "visual.fps=2")]) == ["evaluate", "subtitles", "train", "visual"]
+    # Back to the first config: every output is found again.
+    assert run_stages.build([_evaluate(config)]) == []
+
+
+def test_stage_manifest_records_what_happened(make_config, run_stages):
+    config = make_config()
+    run_stages.build([tasks.VisualFeatures(dataset=str(config))])
+    visual = tasks.VisualFeatures(dataset=str(config))
+    manifest = json.loads((visual.out_dir / "manifest.json").read_text())
+    assert manifest["fingerprint"] == visual.fingerprint == visual.out_dir.name
+    assert manifest["config"] == load_config(str(config))
+    assert manifest["fingerprint_inputs"]["upstream"] == {"dataset": tasks.PrepareDataset(dataset=str(config)).fingerprint}
+    assert manifest["inputs"]["videos"] == 8 and manifest["failures"] == {}
+    assert manifest["started_at"] <= manifest["finished_at"]
+    assert {"torch", "decord", "open_clip_torch", "h5py"} <= set(manifest["libraries"])
+    with h5py.File(visual.features) as f:
+        assert len(f) == 8 and f.attrs["fingerprint"] == visual.fingerprint and f.attrs["fps"] == 1.0
+        first = f[sorted(f)[0]]
+        assert first.shape[1] == f.attrs["dim"] and len(first.attrs["timestamps"]) == first.shape[0]
+
+
+def _copy_demo_as_files_dataset(make_config, run_stages, tmp_path):
+    """The tiny demo's files, copied to a plain folder and read back with `data.source: files`."""
+    demo_config = make_config()
+    run_stages.build([tasks.DemoDataset(dataset=str(demo_config))])
+    root = tmp_path / "raw"
+    shutil.copytree(tasks.DemoDataset(dataset=str(demo_config)).out_dir, root)
+    return root
+
+
+def test_corrupt_and_missing_videos_are_recorded_not_fatal(make_config, run_stages, tmp_path):
+    root = _copy_demo_as_files_dataset(make_config, run_stages, tmp_path)
+    videos = sorted((root / "videos").glob("*.mp4"))
+    videos[0].unlink()                                             # missing
+    videos[1].write_bytes(videos[1].read_bytes()[:2000])           # truncated mp4
+    videos[2].write_text("this is not a video\n")                  # a text file named .mp4
+    config = make_config({"data": {"source": "files", "root": str(root)}}, name="files.yaml")
+
+    run_stages.build([tasks.PrepareDataset(dataset=str(config))])
+    strict = tasks.VisualFeatures(dataset=str(config))
+    with pytest.raises(StageFailed, match="3 of 8 videos failed"):
+        strict.run()
+    assert not (strict.out_dir / "manifest.json").exists()
+
+    lenient = tasks.VisualFeatures(dataset=str(config), set="visual.max_failed_fraction=0.5")
+    run_stages.build([lenient])
+    manifest = json.loads((lenient.out_dir / "manifest.json").read_text())
+    failures = manifest["failures"]
+    assert sorted(failures) == sorted(v.stem for v in videos[:3])
+    for video in videos[:3]:
+        assert str(video) in failures[video.stem]
+    with h5py.File(lenient.features) as f:
+        assert sorted(f) == sorted(v.stem for v in videos[3:])
+
+
+def test_killed_extraction_leaves_nothing_complete_and_resumes(make_config, tmp_path):
+    # The real CLIP ViT-B/32 architecture is slow enough on CPU to be killed between two videos.
+    config = make_config({"visual": {"model": "ViT-B-32", "size": 224}})
+    command = [str(Path(sys.executable).with_name("luigi")), "--module", "tasks", "VisualFeatures",
+               "--dataset", str(config)]
+    visual = tasks.VisualFeatures(dataset=str(config))
+    partial = visual.out_dir / "features.h5.partial"
+
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None and not _complete_entries(partial):
+        time.sleep(0.05)
+    assert process.poll() is None, "extraction finished before it could be killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+    assert not visual.features.exists() and not (visual.out_dir / "manifest.json").exists()
+    done_before = _complete_entries(partial)
+    assert 1 <= done_before < 8
+
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    manifest = json.loads((visual.out_dir / "manifest.json").read_text())
+    assert manifest["inputs"] == {"videos": 8, "resumed": done_before}
+    with h5py.File(visual.features) as f:
+        assert len(f) == 8
+    assert not partial.exists()
+
+
+def _complete_entries(partial: Path) -> int:
+    if not partial.exists():
+        return 0
+    try:
+        with h5py.File(partial, "r", locking=False) as f:
+            return sum(1 for name in f if f[name].attrs.get("_complete"))
+    except OSError:  # being written at this very moment
+        return 0
