@@ -24,9 +24,13 @@ from amdnet.config import (
     config_from_dict,
     resolve_device,
 )
-from amdnet.data import VideoCaptionDataset, clip_statistics, collate_videos_with_captions
+from amdnet.data import (
+    VideoCaptionDataset,
+    clip_statistics,
+    collate_videos_with_captions,
+)
 from amdnet.evaluate import split_metrics
-from amdnet.losses import amdnet_loss
+from amdnet.losses import LossTerms, amdnet_loss
 from amdnet.metrics import format_metrics
 from amdnet.model import AMDNet
 from amdnet.optim import BertAdam, parameter_groups, warmup_linear_factor
@@ -122,19 +126,26 @@ def train_one_epoch(model: AMDNet, optimizer: BertAdam, dataset: VideoCaptionDat
     lr = config.lr
     for batch in tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False):
         step += 1
-        token_mask = None if batch["token_mask"] is None else batch["token_mask"].to(device)
-        queries = model.encode_queries(batch["queries"].to(device), token_mask)  # (Nq, d)
-        videos = model.encode_videos(batch["clips"].to(device))
-        terms = amdnet_loss(queries, videos, batch["caption_to_video"].to(device), config)
-        optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
         lr = config.lr * warmup_linear_factor(step, total_steps, config.warmup_proportion)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.step()
+        terms = training_step(model, optimizer, batch, config, lr, device)
         for name, value in zip(LOSS_TERMS, terms):
             sums[name] += value.item()
     return {name: total / len(loader) for name, total in sums.items()} | {"lr": lr}
+
+
+def training_step(model: AMDNet, optimizer: BertAdam, batch: dict, config: TrainConfig, lr: float,
+                  device: torch.device) -> LossTerms:
+    """One optimisation step on a collated batch (B videos with all their captions)."""
+    token_mask = None if batch["token_mask"] is None else batch["token_mask"].to(device, non_blocking=True)
+    queries = model.encode_queries(batch["queries"].to(device, non_blocking=True), token_mask)  # (Nq, d)
+    videos = model.encode_videos(batch["clips"].to(device, non_blocking=True))
+    terms = amdnet_loss(queries, videos, batch["caption_to_video"].to(device, non_blocking=True), config)
+    optimizer.zero_grad(set_to_none=True)
+    terms.total.backward()
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    return terms
 
 
 def train(model_config: ModelConfig, train_config: TrainConfig, files: FeatureFiles, queries_path: Path,
