@@ -18,8 +18,17 @@ from pathlib import Path
 import luigi
 
 from amdnet.atomic import write_jsonl_atomic
-from pipeline.datasets import read_jsonl, read_tvr
+from pipeline.config import ConfigError
+from pipeline.datasets import (
+    check_data_files,
+    expected_data_files,
+    read_dataset,
+    read_jsonl,
+    resolve_data_root,
+)
 from pipeline.stage import DatasetTask, Stage
+from pipeline.subtitle_files import SUBTITLE_EXTENSIONS
+from pipeline.visual import part_settings
 
 
 class DemoDataset(Stage):
@@ -36,40 +45,81 @@ class DemoDataset(Stage):
 
 
 class PrepareDataset(Stage):
-    """Reads the dataset's own annotation files into our manifest (videos, queries, subtitles)."""
+    """Reads the dataset's own annotation files into our manifest (videos, queries, subtitles).
 
-    stage, version, reads = "dataset", "1", ("data",)
+    Problems found (missing videos, bad timestamps, ...) that ``data.on_problem`` lets through are
+    listed under ``problems`` in the manifest, each with its file and line.
+    """
+
+    stage, version, reads = "dataset", "2", ("data",)
 
     def upstream(self):
         return {"demo": self.clone(DemoDataset)} if self.config["data"]["source"] == "demo" else {}
 
     def _fingerprint_payload(self):
+        # Missing data fails here, while Luigi builds the graph: before any stage runs.
+        if self.config["data"]["source"] == "files":
+            check_data_files(self.config["data"], self.root, self.config["name"])
         # Edited annotation files must count as a change even though the config is the same.
-        files = [] if self.config["data"]["source"] == "demo" else self._annotation_files()
+        files = [] if self.config["data"]["source"] == "demo" else self._input_files()
         stats = {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.is_file()}
         return {**super()._fingerprint_payload(), "files": stats}
 
     @property
     def root(self) -> Path:
         data = self.config["data"]
-        return self.upstream_dir("demo") if data["source"] == "demo" else Path(data["root"] or ".")
+        return self.upstream_dir("demo") if data["source"] == "demo" else resolve_data_root(data["root"])
 
-    def _annotation_files(self) -> list[Path]:
+    def _input_files(self) -> list[Path]:
         data = self.config["data"]
-        names = [*data["annotations"].values(), data["subtitles"]]
-        return [self.root / name for name in names if name is not None]
+        files = list(expected_data_files(data, self.root).values())
+        if data["format"] == "custom":  # subtitle files sit next to the videos
+            files += [path for ext in SUBTITLE_EXTENSIONS for path in sorted((self.root / data["videos"]).glob(f"*{ext}"))]
+        return files
 
     def build(self, out_dir):
-        data = self.config["data"]
-        annotations = {split: None if name is None else self.root / name
-                       for split, name in data["annotations"].items()}
-        manifest = read_tvr(annotations, self.root / data["videos"], data["video_ext"],
-                            None if data["subtitles"] is None else self.root / data["subtitles"])
+        manifest = read_dataset(self.config["data"], self.root)
         write_jsonl_atomic(out_dir / "videos.jsonl", manifest.videos)
         write_jsonl_atomic(out_dir / "queries.jsonl", manifest.queries)
         write_jsonl_atomic(out_dir / "subtitles.jsonl", manifest.subtitles)
         return {"inputs": {"videos": len(manifest.videos), "queries": len(manifest.queries),
-                           "videos_with_subtitles": len(manifest.subtitles)}}
+                           "videos_with_subtitles": len(manifest.subtitles)},
+                "problems": manifest.problems}
+
+
+class ImportBundle(Stage):
+    """Reads the PRVR feature bundle (features.bundle_dir) into our store: it stands in for the dataset
+    and every feature stage when ``features.source: bundle``; no video is decoded."""
+
+    stage, version, reads = "bundle", "1", ("features", "data.root")
+
+    @property
+    def layout(self):
+        from pipeline.bundle import BundleLayout
+
+        features = self.config["features"]
+        return BundleLayout(resolve_data_root(self.config["data"]["root"]) / features["bundle_dir"],
+                            features["collection"] or self.config["name"], features["video"], features["query"])
+
+    def _fingerprint_payload(self):
+        layout = self.layout
+        layout.check_present()  # fails while Luigi builds the graph, before any stage runs
+        stats = {str(path): [path.stat().st_size, path.stat().st_mtime_ns] for path in layout.expected()}
+        return {**super()._fingerprint_payload(), "files": stats}
+
+    @property
+    def video_features(self) -> Path:
+        return self.out_dir / "video_features.h5"
+
+    @property
+    def query_features(self) -> Path:
+        return self.out_dir / "query_features.h5"
+
+    def build(self, out_dir):
+        from pipeline.bundle import import_bundle
+
+        return import_bundle(self.layout, out_dir, self.config["features"]["rows_per_second"],
+                             {"stage": self.stage, "fingerprint": self.fingerprint})
 
 
 class _FeatureStage(Stage):
@@ -84,16 +134,65 @@ class _FeatureStage(Stage):
         return self.out_dir / "features.h5"
 
 
-class VisualFeatures(_FeatureStage):
-    """Decodes every video at the configured fps and encodes the frames with the visual backbone."""
+class Transcode(_FeatureStage):
+    """Re-encodes every video once to a small proxy (visual.transcode) that every visual part decodes."""
 
-    stage, version, reads = "visual", "1", ("visual",)
+    stage, version, reads = "transcode", "1", ("visual.transcode",)
+
+    def build(self, out_dir):
+        from pipeline.visual import transcode_videos
+
+        return transcode_videos(self.dataset_file("videos.jsonl"), self.config["visual"], out_dir)
+
+
+class VisualPart(Stage):
+    """One backbone of the visual recipe: its features at the sampling grid of that backbone."""
+
+    part = luigi.Parameter(description="a name under visual.parts")
+    version = "1"
+
+    @property
+    def stage(self) -> str:
+        return f"visual-{self.part}"
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return ("visual.fps", "visual.size", f"visual.parts.{self.part}")
+
+    def upstream(self):
+        source = Transcode if self.config["visual"]["transcode"]["enabled"] else PrepareDataset
+        return {"videos": self.clone(source)}
+
+    @property
+    def features(self) -> Path:
+        return self.out_dir / "features.h5"
 
     def build(self, out_dir):
         from pipeline.features import extract_visual_features
 
-        return extract_visual_features(self.dataset_file("videos.jsonl"), self.config["visual"],
-                                       self.features, {"stage": self.stage, "fingerprint": self.fingerprint})
+        return extract_visual_features(read_jsonl(self.upstream_dir("videos") / "videos.jsonl"),
+                                       part_settings(self.config["visual"], self.part), self.features,
+                                       {"stage": self.stage, "fingerprint": self.fingerprint},
+                                       frames_fps=self.config["data"]["frame_fps"])
+
+
+class VisualFeatures(_FeatureStage):
+    """The visual recipe's parts on one grid (per frame, or pooled onto clips), concatenated."""
+
+    stage, version, reads = "visual", "2", ("visual.clip_seconds",)
+
+    def upstream(self):
+        parts = {f"part-{name}": self.clone(VisualPart, part=name) for name in self.config["visual"]["parts"]}
+        return {"dataset": self.clone(PrepareDataset), **parts}
+
+    def build(self, out_dir):
+        from pipeline.visual import combine_parts
+
+        visual = self.config["visual"]
+        parts = {name: (self.upstream()[f"part-{name}"].features, settings["pool"])
+                 for name, settings in visual["parts"].items()}
+        return combine_parts(self.dataset_file("videos.jsonl"), parts, visual["clip_seconds"], self.features,
+                             {"stage": self.stage, "fingerprint": self.fingerprint})
 
 
 class QueryFeatures(_FeatureStage):
@@ -109,19 +208,30 @@ class QueryFeatures(_FeatureStage):
 
 
 class SubtitleFeatures(_FeatureStage):
-    """Encodes subtitles and pools them onto the visual sampling grid (which only depends on fps)."""
+    """Encodes subtitles and pools them onto the visual feature grid (which only depends on timing)."""
 
-    stage, version, reads = "subtitles", "1", ("text", "visual.fps")
+    stage, version, reads = "subtitles", "2", ("text", "visual.fps", "visual.clip_seconds")
 
     def build(self, out_dir):
         from pipeline.features import encode_subtitles
 
         return encode_subtitles(self.dataset_file("videos.jsonl"), self.dataset_file("subtitles.jsonl"),
-                                self.config["text"], self.config["visual"]["fps"], self.features,
+                                self.config["text"], self.config["visual"], self.features,
                                 {"stage": self.stage, "fingerprint": self.fingerprint})
 
 
-def _feature_stages(task: DatasetTask) -> dict[str, _FeatureStage]:
+def _manifest_stage(task: DatasetTask) -> Stage:
+    """Where queries.jsonl comes from: the dataset's own files, or the imported feature bundle."""
+    return task.clone(ImportBundle if task.config["features"]["source"] == "bundle" else PrepareDataset)
+
+
+def _feature_stages(task: DatasetTask) -> dict[str, Stage]:
+    """The extraction stages whose features Train and Evaluate read (none with a feature bundle)."""
+    if task.config["features"]["source"] == "bundle":
+        if task.config["train"]["use_subtitles"]:
+            raise ConfigError(f"dataset {task.config['name']!r}: features.source=bundle has no subtitle "
+                              f"features; set train.use_subtitles=false")
+        return {}
     stages = {"visual": task.clone(VisualFeatures), "queries": task.clone(QueryFeatures)}
     if task.config["train"]["use_subtitles"]:
         stages["subtitles"] = task.clone(SubtitleFeatures)
@@ -132,9 +242,29 @@ def _feature_files(task: Stage):
     from amdnet import FeatureFiles
 
     stages = task.upstream()
+    if isinstance(stages["dataset"], ImportBundle):
+        return FeatureFiles(video=stages["dataset"].video_features, query=stages["dataset"].query_features)
     subtitles = stages.get("subtitles")
     return FeatureFiles(video=stages["visual"].features, query=stages["queries"].features,
                         subtitle=None if subtitles is None else subtitles.features)
+
+
+class ExportBundle(Stage):
+    """Writes the dataset's features in the PRVR bundle layout, for other PRVR code (MS-SL, GMMFormer,
+    AMDNet's reference): <out_dir>/<collection>/{TextData,FeatureData}/."""
+
+    stage, version, reads = "bundle_export", "1", ("features.collection",)
+
+    def upstream(self):
+        return {"dataset": _manifest_stage(self), **_feature_stages(self)}
+
+    def build(self, out_dir):
+        from pipeline.bundle import BundleLayout, export_bundle
+
+        collection = self.config["features"]["collection"] or self.config["name"]
+        files = _feature_files(self)
+        return export_bundle(files.video, files.query, read_jsonl(self.upstream_dir("dataset") / "queries.jsonl"),
+                             BundleLayout(out_dir / collection, collection))
 
 
 class Train(Stage):
@@ -143,7 +273,7 @@ class Train(Stage):
     stage, version, reads = "train", "1", ("model", "train")
 
     def upstream(self):
-        return {"dataset": self.clone(PrepareDataset), **_feature_stages(self)}
+        return {"dataset": _manifest_stage(self), **_feature_stages(self)}
 
     def build(self, out_dir):
         from amdnet import train
@@ -160,7 +290,7 @@ class Evaluate(Stage):
     stage, version, reads = "evaluate", "1", ("evaluate",)
 
     def upstream(self):
-        return {"train": self.clone(Train), "dataset": self.clone(PrepareDataset), **_feature_stages(self)}
+        return {"train": self.clone(Train), "dataset": _manifest_stage(self), **_feature_stages(self)}
 
     def build(self, out_dir):
         from amdnet import evaluate
@@ -210,7 +340,7 @@ def report(dataset: str, overrides: str = "") -> str:
               f"| mean rank | {metrics['mean_rank']:.1f} | {(n_videos + 1) / 2:.1f} |",
               "", "Outputs:"]
     for task in _graph(evaluate_task):
-        lines.append(f"  {task.stage:<10} {os.path.relpath(task.out_dir)}")
+        lines.append(f"  {task.stage:<14} {os.path.relpath(task.out_dir)}")
     return "\n".join(lines)
 
 

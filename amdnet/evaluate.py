@@ -9,7 +9,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from amdnet.atomic import write_json_atomic, write_jsonl_atomic
-from amdnet.config import FeatureFiles, ModelConfig, TrainConfig, config_from_dict, resolve_device
+from amdnet.config import (
+    FeatureFiles,
+    ModelConfig,
+    TrainConfig,
+    config_from_dict,
+    resolve_device,
+)
 from amdnet.data import VideoCaptionDataset, collate_videos_with_captions
 from amdnet.metrics import ranks_from_scores, retrieval_metrics
 from amdnet.model import AMDNet

@@ -1,9 +1,10 @@
-"""Feature extractors: frame and text backbones behind one registry.
+"""Feature extractors: frame, clip and text backbones behind one registry.
 
 Importing the package imports every backbone module so that each registers its name.
 """
 
 from extractors.registry import create_extractor, list_extractors, register_extractor
-from extractors import clip_image, text  # noqa: F401  (imported to register "clip" and "hf-text")
+# imported so that each registers its names
+from extractors import clip_image, clip_text, i3d, resnet, text, video_models  # noqa: F401
 
 __all__ = ["create_extractor", "list_extractors", "register_extractor"]

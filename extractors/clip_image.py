@@ -12,7 +12,7 @@ import torch
 from open_clip.utils import to_2tuple
 
 from amdnet.config import resolve_device
-from extractors.registry import FrameExtractor, FrameRecipe, register_extractor
+from extractors.registry import FrameExtractor, FrameRecipe, register_extractor, seeded_random_init
 
 # Tiny architectures (e.g. "TinyViT-32-test") for tests and smoke runs, usable like built-in names.
 OPEN_CLIP_CONFIG_DIR = Path(__file__).parent / "open_clip_configs"
@@ -39,7 +39,7 @@ class ClipImageExtractor(FrameExtractor):
         progress: bool = False,
     ):
         device = resolve_device(device)
-        clip = _create_clip(model, pretrained, seed)
+        clip = create_clip_model(model, pretrained, seed)
         preprocess = open_clip.get_model_preprocess_cfg(clip)
         recipe = FrameRecipe(
             image_size=to_2tuple(preprocess["size"]),
@@ -60,12 +60,10 @@ class ClipImageExtractor(FrameExtractor):
         return self._visual(pixels)  # (B, 3, h, w) -> (B, dim), projected, not normalised
 
 
-def _create_clip(model: str, pretrained: str | None, seed: int) -> torch.nn.Module:
+def create_clip_model(model: str, pretrained: str | None, seed: int) -> torch.nn.Module:
+    """A whole open_clip model (both towers) on the CPU; `pretrained` as in ClipImageExtractor."""
     # OpenAI's checkpoints were trained with QuickGELU; a plain "ViT-B-32" config uses exact GELU,
     # which would load the weights without error but give subtly wrong features.
     quick_gelu = bool(pretrained) and open_clip.get_pretrained_cfg(model, pretrained).get("quick_gelu", False)
-    # Random init draws from torch's global generator; fork it so the seed neither leaks into nor
-    # depends on the caller's random state.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_random_init(seed):
         return open_clip.create_model(model, pretrained=pretrained, force_quick_gelu=quick_gelu, device="cpu")

@@ -12,6 +12,17 @@ Findings about decord 0.6.0 (the wheel installed here) that shape this module:
   exceptions (RuntimeError or decord.DECORDError) in the constructor or in `get_batch`; none crashed
   the interpreter in a few hundred fuzzed files, so decoding runs in-process and those exceptions
   are turned into `VideoDecodeError`.
+- Every decoded frame is converted to full-size RGB inside decord, whether it is returned or
+  skipped, so that conversion (not the H.264 decoding) bounds throughput; and each `get_batch` call
+  seeks back to a keyframe first, so reading a long video with one `get_batch` per chunk decodes
+  the stretch before each chunk again. Frames are therefore read with one sequential cursor per
+  video (`next`, `skip_frames`, and `seek_accurate` only when a keyframe lies ahead).
+- Resizing uint8 frames in torch (channels-last, antialiased bilinear) is ~15x faster than resizing
+  them as float and differs by at most one grey level.
+
+Inputs can also be folders of JPEG/PNG frames (TVQA ships 3 fps frames per clip): frame k of the
+folder, in natural name order (`00001.jpg`, `00002.jpg`, ...), is on screen from k / frames_fps
+to (k + 1) / frames_fps, and is sampled, resized and cropped exactly like a video frame.
 """
 
 from __future__ import annotations
@@ -20,12 +31,14 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import decord
 import imageio_ffmpeg
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
 
 # decord reports frame times as float32; a grid time that sits exactly on a frame boundary must not
 # fall onto the previous frame because of that rounding.
@@ -35,6 +48,8 @@ _DISPLAY_MATRIX_RE = re.compile(r"display ?matrix: rotation of (-?[\d.]+) degree
 # decord prefixes its messages with "[hh:mm:ss] /build/path/file.cc:123: ".
 _DECORD_LOG_PREFIX_RE = re.compile(r"^\[[\d:]+\]\s+\S+:\d+:\s*")
 _ROTATE_TAG_RE = re.compile(r"^\s*rotate\s*:\s*(-?[\d.]+)\s*$", re.IGNORECASE | re.MULTILINE)
+_FRAME_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+_DIGITS_RE = re.compile(r"(\d+)")
 
 
 class VideoDecodeError(RuntimeError):
@@ -77,18 +92,18 @@ def sample_times(duration: float, fps: float) -> np.ndarray:
     return np.minimum((np.arange(n_samples) + 0.5) / fps, duration)
 
 
-def probe_video(path: str | Path) -> VideoInfo:
-    """Reads duration, frame count, frame rate, decoded size and the rotation tag of a video."""
-    reader = _open(path)
-    start_end = _frame_start_end(reader, path)
-    first_frame = _get_batch(reader, [0], path)[0]
+def probe_video(path: str | Path, frames_fps: float | None = None) -> VideoInfo:
+    """Reads duration, frame count, frame rate, decoded size and the rotation tag of a video file, or
+    of a folder of frames shown at `frames_fps` (which folders require)."""
+    source = _open_source(path, frames_fps)
+    first_frame = source.read(np.array([0]))[0]
     return VideoInfo(
-        duration=float(start_end[-1, 1]),
-        n_frames=len(reader),
-        avg_fps=float(reader.get_avg_fps()),
+        duration=source.duration,
+        n_frames=len(source.frame_starts),
+        avg_fps=source.avg_fps,
         width=int(first_frame.shape[1]),
         height=int(first_frame.shape[0]),
-        rotation=read_rotation(path),
+        rotation=source.rotation(),
     )
 
 
@@ -117,60 +132,150 @@ def decode_frames(
     short_side: int = 224,
     crop: bool = True,
     chunk: int = 64,
+    frames_fps: float | None = None,
 ) -> DecodedFrames:
     """Decodes the frames on screen at `times` (seconds), resized so the short side is `short_side`.
 
     The frame for time t is the last source frame starting at or before t (times before the first
     frame take the first frame, times past the end the last one), so variable frame rate videos
-    are sampled correctly. Only the needed frames are decoded, `chunk` at a time.
+    are sampled correctly. `path` is a video file, or a folder of frames shown at `frames_fps`.
+    Only the needed frames are decoded, `chunk` samples at a time (see `iter_decoded_frames`).
     """
+    pieces = list(iter_decoded_frames(path, times, short_side, crop, chunk, frames_fps))
+    return DecodedFrames(frames=np.concatenate([piece.frames for piece in pieces]),
+                         timestamps=np.concatenate([piece.timestamps for piece in pieces]))
+
+
+def iter_decoded_frames(
+    path: str | Path,
+    times: np.ndarray,
+    short_side: int = 224,
+    crop: bool = True,
+    chunk: int = 64,
+    frames_fps: float | None = None,
+) -> Iterator[DecodedFrames]:
+    """`decode_frames` in consecutive pieces of at most `chunk` samples, in the order of `times`, so
+    memory stays bounded however long the video is. Increasing times read the video once, front to
+    back; the file is opened (and errors for unreadable inputs raised) before the first piece."""
     times = np.asarray(times, dtype=np.float64)
     if times.ndim != 1 or len(times) == 0:
         raise ValueError(f"decode_frames needs a non-empty 1-d array of times for {path}, got shape {times.shape}")
-    reader = _open(path)
-    frame_starts = _frame_start_end(reader, path)[:, 0]
-    frame_of_time = np.searchsorted(frame_starts, times + _TIMESTAMP_TOLERANCE_S, side="right") - 1
-    frame_of_time = np.clip(frame_of_time, 0, len(frame_starts) - 1)
-
-    needed_frames, sample_to_needed = np.unique(frame_of_time, return_inverse=True)
-    resized_chunks = [
-        _resize(_get_batch(reader, needed_frames[i : i + chunk].tolist(), path), short_side, crop)
-        for i in range(0, len(needed_frames), chunk)
-    ]
-    frames = np.concatenate(resized_chunks)[sample_to_needed]
-    return DecodedFrames(frames=frames, timestamps=frame_starts[frame_of_time])
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    source = _open_source(path, frames_fps)
+    frame_of_time = np.searchsorted(source.frame_starts, times + _TIMESTAMP_TOLERANCE_S, side="right") - 1
+    frame_of_time = np.clip(frame_of_time, 0, len(source.frame_starts) - 1)
+    return _decode_pieces(source, frame_of_time, short_side, crop, chunk)
 
 
-def _open(path: str | Path) -> decord.VideoReader:
+def _decode_pieces(source, frame_of_time: np.ndarray, short_side: int, crop: bool,
+                   chunk: int) -> Iterator[DecodedFrames]:
+    for start in range(0, len(frame_of_time), chunk):
+        piece_frames = frame_of_time[start : start + chunk]
+        needed_frames, sample_to_needed = np.unique(piece_frames, return_inverse=True)
+        frames = _resize(source.read(needed_frames), short_side, crop)[sample_to_needed]
+        yield DecodedFrames(frames=frames, timestamps=source.frame_starts[piece_frames])
+
+
+def _open_source(path: str | Path, frames_fps: float | None):
     path = Path(path)
-    if not path.is_file():
-        raise VideoDecodeError(path, "file not found")
-    if path.stat().st_size == 0:
-        raise VideoDecodeError(path, "file is empty")
-    try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
-    except (RuntimeError, decord.DECORDError) as error:
-        raise VideoDecodeError(path, f"not a readable video ({_first_line(error)})") from error
-    if len(reader) == 0:
-        raise VideoDecodeError(path, "video stream has no frames")
-    return reader
+    if path.is_dir():
+        return _FrameFolder(path, frames_fps)
+    return _VideoFile(path)
 
 
-def _frame_start_end(reader: decord.VideoReader, path: str | Path) -> np.ndarray:
-    """float64 (n_frames, 2): display start and end time of every frame, in seconds."""
-    try:
-        start_end = reader.get_frame_timestamp(range(len(reader)))
-    except (RuntimeError, decord.DECORDError) as error:
-        raise VideoDecodeError(path, f"cannot read frame timestamps ({_first_line(error)})") from error
-    return np.asarray(start_end, dtype=np.float64).reshape(-1, 2)
+class _VideoFile:
+    """A video file read through decord with one forward-moving cursor."""
+
+    def __init__(self, path: Path):
+        if not path.is_file():
+            raise VideoDecodeError(path, "file not found")
+        if path.stat().st_size == 0:
+            raise VideoDecodeError(path, "file is empty")
+        self.path = path
+        self._reader = self._call(decord.VideoReader, "not a readable video", str(path), ctx=decord.cpu(0))
+        if len(self._reader) == 0:
+            raise VideoDecodeError(path, "video stream has no frames")
+        start_end = self._call(self._reader.get_frame_timestamp, "cannot read frame timestamps",
+                               range(len(self._reader)))
+        start_end = np.asarray(start_end, dtype=np.float64).reshape(-1, 2)
+        self.frame_starts = start_end[:, 0]  # float64 (n_frames,), seconds
+        self.duration = float(start_end[-1, 1])
+        self.avg_fps = float(self._reader.get_avg_fps())
+        self._keyframes = np.asarray(self._reader.get_key_indices(), dtype=np.int64)
+        self._next_frame: int | None = None  # index the reader returns on its next `next()`; None: unknown
+
+    def rotation(self) -> int:
+        return read_rotation(self.path)
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """uint8 (len(indices), H, W, 3) RGB frames for increasing frame indices."""
+        return np.stack([self._read_one(int(index)) for index in indices])
+
+    def _read_one(self, index: int) -> np.ndarray:
+        if index != self._next_frame:
+            self._move_to(index)
+        frame = self._call(self._reader.next, "decoding frames failed").asnumpy()
+        self._next_frame = index + 1
+        return frame
+
+    def _move_to(self, index: int) -> None:
+        # Decoding forward from the cursor beats seeking unless a keyframe lies between the two.
+        keyframe_before = self._keyframes[max(0, np.searchsorted(self._keyframes, index, side="right") - 1)]
+        if self._next_frame is None or index < self._next_frame or keyframe_before > self._next_frame:
+            self._call(self._reader.seek_accurate, "seeking failed", index)
+        else:
+            self._call(self._reader.skip_frames, "decoding frames failed", index - self._next_frame)
+
+    def _call(self, function, failure: str, *args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except (RuntimeError, decord.DECORDError) as error:
+            raise VideoDecodeError(self.path, f"{failure} ({_first_line(error)})") from error
 
 
-def _get_batch(reader: decord.VideoReader, indices: list[int], path: str | Path) -> np.ndarray:
-    """uint8 (len(indices), H, W, 3) RGB frames."""
-    try:
-        return reader.get_batch(indices).asnumpy()
-    except (RuntimeError, decord.DECORDError) as error:
-        raise VideoDecodeError(path, f"decoding frames failed ({_first_line(error)})") from error
+class _FrameFolder:
+    """A folder of JPEG/PNG frames, frame k on screen from k / frames_fps on."""
+
+    def __init__(self, path: Path, frames_fps: float | None):
+        if frames_fps is None or not frames_fps > 0:
+            raise VideoDecodeError(path, f"is a folder of frames, which needs frames_fps > 0 (got {frames_fps})")
+        self.path = path
+        self._images = sorted((entry for entry in path.iterdir()
+                               if entry.is_file() and entry.suffix.lower() in _FRAME_IMAGE_SUFFIXES),
+                              key=_natural_order)
+        if not self._images:
+            raise VideoDecodeError(path, f"folder has no frame images ({', '.join(_FRAME_IMAGE_SUFFIXES)})")
+        self.frame_starts = np.arange(len(self._images), dtype=np.float64) / frames_fps
+        self.duration = len(self._images) / frames_fps
+        self.avg_fps = float(frames_fps)
+
+    def rotation(self) -> int:
+        return 0
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """uint8 (len(indices), H, W, 3) RGB frames; all must have the size of the first one read."""
+        frames = []
+        for index in indices:
+            frame = self._read_one(self._images[index])
+            if frames and frame.shape != frames[0].shape:
+                raise VideoDecodeError(self.path, f"frame {self._images[index].name} is {frame.shape[1]}x"
+                                                  f"{frame.shape[0]}, unlike the frames before it "
+                                                  f"({frames[0].shape[1]}x{frames[0].shape[0]})")
+            frames.append(frame)
+        return np.stack(frames)
+
+    def _read_one(self, image: Path) -> np.ndarray:
+        try:
+            with Image.open(image) as picture:
+                return np.asarray(picture.convert("RGB"))  # (H, W, 3)
+        except (UnidentifiedImageError, OSError) as error:
+            raise VideoDecodeError(self.path, f"unreadable frame {image.name} ({_first_line(error)})") from error
+
+
+def _natural_order(path: Path) -> tuple:
+    """Sort key that puts "frame_9.jpg" before "frame_10.jpg" whether or not numbers are zero-padded."""
+    return tuple(int(part) if part.isdigit() else part for part in _DIGITS_RE.split(path.name))
 
 
 def _resize(frames: np.ndarray, short_side: int, crop: bool) -> np.ndarray:
@@ -179,12 +284,15 @@ def _resize(frames: np.ndarray, short_side: int, crop: bool) -> np.ndarray:
     _, height, width, _ = frames.shape
     scale = short_side / min(height, width)
     new_height, new_width = max(short_side, round(height * scale)), max(short_side, round(width * scale))
-    images = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # (N, 3, H, W)
-    images = F.interpolate(images, size=(new_height, new_width), mode="bilinear", antialias=True, align_corners=False)
+    # A permuted (N, H, W, 3) array is a channels-last (N, 3, H, W) tensor: torch's fast uint8 kernel.
+    images = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (N, 3, H, W) uint8
+    if (new_height, new_width) != (height, width):
+        images = F.interpolate(images, size=(new_height, new_width), mode="bilinear", antialias=True,
+                               align_corners=False)
     if crop:
         top, left = (new_height - short_side) // 2, (new_width - short_side) // 2
         images = images[:, :, top : top + short_side, left : left + short_side]  # (N, 3, S, S)
-    return images.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    return images.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def _first_line(error: Exception) -> str:

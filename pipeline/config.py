@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from amdnet.config import RESULT_NEUTRAL_TRAIN_FIELDS, ModelConfig, TrainConfig
+from pipeline.datasets import DEFAULT_PROBLEM_POLICY, FORMATS, PROBLEM_ACTIONS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -43,6 +44,13 @@ class Key:
     @property
     def required(self) -> bool:
         return self.default is _REQUIRED
+
+
+@dataclass(frozen=True)
+class NamedSections:
+    """A mapping from names the user chooses to sections that all follow ``schema``."""
+
+    schema: dict
 
 
 def _key(types, default=_REQUIRED, affects_results=True, choices=None) -> Key:
@@ -66,6 +74,7 @@ def _section_from_dataclass(cls, non_result: set[str]) -> dict[str, Key]:
 
 
 OptStr = (str, type(None))
+OptFloat = (float, type(None))
 
 SCHEMA: dict[str, Any] = {
     "name": _key(str),
@@ -73,33 +82,71 @@ SCHEMA: dict[str, Any] = {
     "data": {
         # "files": read the annotation files below; "demo": generate the embedded demo dataset first.
         "source": _key(str, "files", choices=("files", "demo")),
-        "format": _key(str, "tvr", choices=("tvr",)),
-        "root": _key(OptStr, None),
+        "format": _key(str, "tvr", choices=FORMATS),
+        "root": _key(OptStr, None),  # relative to the repository root; the paths below are relative to it
+        # One file per split (null: none). train and test must be given, even if as null: a custom
+        # queries file may carry its own split column, listed under the split its rows default to.
         "annotations": {
-            "train": _key(str),
+            "train": _key(OptStr),
             "val": _key(OptStr, None),
-            "test": _key(str),
+            "test": _key(OptStr),
         },
-        "subtitles": _key(OptStr, None),
+        "subtitles": _key(OptStr, None),  # TVR's subtitle file; custom data: .srt/.vtt next to the videos
         "videos": _key(str, "videos"),
-        "video_ext": _key(str, ".mp4"),
+        "video_ext": _key((str, list), ".mp4"),  # or a list of extensions tried in order
+        "frame_fps": _key(float, 3.0),  # frame rate of videos given as folders of JPEG frames
+        "on_problem": {problem: _key(str, DEFAULT_PROBLEM_POLICY[problem], choices=actions)
+                       for problem, actions in PROBLEM_ACTIONS.items()},
         "demo_videos": _key(int, 48),
         "demo_seed": _key(int, 0),
     },
+    # Where the features come from: "extract" runs the feature stages on the videos; "bundle" imports
+    # the PRVR feature bundle (MS-SL's release: TextData/ and FeatureData/) instead, no videos needed.
+    "features": {
+        "source": _key(str, "extract", choices=("extract", "bundle")),
+        "bundle_dir": _key(str, "."),  # relative to data.root: holds TextData/ and FeatureData/
+        "collection": _key(OptStr, None),  # the name in the bundle's file names; null: the config's name
+        # "clip": FeatureData/new_clip_vit_32_<collection>_vid_features.hdf5; anything else names a
+        # BigFile folder under FeatureData/ (e.g. i3d_resnet).
+        "video": _key(str, "clip"),
+        "query": _key(str, "clip", choices=("clip", "roberta")),
+        # Feature rows per second of video in the bundle (it records no times): timestamps and durations.
+        "rows_per_second": _key(float, 1 / 1.5),
+    },
     "visual": {
-        "backbone": _key(str, "clip"),
-        "model": _key(str, "ViT-B-32"),
-        "pretrained": _key(OptStr, None),
-        "seed": _key(int, 0),
+        # The sampling recipe shared by every part: frames per second, short side (centre crop).
         "fps": _key(float, 3.0),
         "size": _key(int, 224),
+        # null: one feature per sampled frame; a number: every part pooled onto clips of that length.
+        "clip_seconds": _key(OptFloat, None),
+        # One or more backbones; several are concatenated on the clip grid, L2-normalised per part.
+        "parts": NamedSections({
+            "backbone": _key(str),
+            "model": _key(OptStr, None),
+            "pretrained": _key(OptStr, None),
+            "seed": _key(int, 0),
+            "fps": _key(OptFloat, None),  # null: visual.fps; clip backbones often want more frames
+            "pool": _key(str, "mean", choices=("mean", "max")),
+            "clip_len": _key(int, 16),  # clip backbones: frames per window
+            "clip_stride": _key((int, type(None)), None),  # frames between windows; null: clip_len
+        }),
+        # Re-encode every video once to a small proxy that all parts decode (ffmpeg).
+        "transcode": {
+            "enabled": _key(bool, False),
+            "fps": _key(float, 25.0),
+            "short_side": _key(int, 256),
+        },
         "batch_size": _key(int, 64, affects_results=False),
         "num_workers": _key(int, 1, affects_results=False),
         "device": _key(str, "auto", affects_results=False),
         "max_failed_fraction": _key(float, 0.1, affects_results=False),
     },
     "text": {
+        # hf-text: transformers encoders (token features); clip-text: one CLIP vector per text.
+        "encoder": _key(str, "hf-text", choices=("hf-text", "clip-text")),
         "model": _key(str, "roberta-base"),
+        "pretrained": _key(OptStr, None),  # clip-text only: open_clip tag or checkpoint path
+        "seed": _key(int, 0),  # clip-text only: random init when pretrained is null
         "layer": _key(int, -1, choices=(-1, -2)),
         "max_length": _key(int, 64),
         "strip_special_tokens": _key(bool, False),
@@ -134,6 +181,8 @@ def _load_config_cached(dataset: str, overrides: str) -> dict:
     for key_path, value in parse_overrides(overrides):
         _set_path(raw, key_path, value, path)
     config = _validate(raw, SCHEMA, path, prefix="")
+    if len(config["visual"]["parts"]) > 1 and config["visual"]["clip_seconds"] is None:
+        raise ConfigError(f"{path}: several visual.parts need a common grid: set visual.clip_seconds")
     for section, build in (("model", model_config), ("train", train_config)):
         try:  # the AMDNet dataclasses check value ranges and combinations themselves
             build(config)
@@ -169,11 +218,11 @@ def _set_path(raw: dict, key_path: str, value: Any, path: Path) -> None:
     node, schema = raw, SCHEMA
     *parents, leaf = key_path.split(".")
     for i, part in enumerate(parents):
-        schema = schema.get(part) if isinstance(schema, dict) else None
-        if not isinstance(schema, dict):
+        schema = schema.schema if isinstance(schema, NamedSections) else schema.get(part)
+        if not isinstance(schema, (dict, NamedSections)):
             raise ConfigError(f"override {key_path}: unknown section {'.'.join(parents[: i + 1])!r}")
         node = node.setdefault(part, {})
-    if not (isinstance(schema, dict) and leaf in schema):
+    if isinstance(schema, NamedSections) or leaf not in schema:
         raise ConfigError(f"override {key_path}: unknown key (config {path})")
     node[leaf] = value
 
@@ -185,11 +234,14 @@ def _validate(raw: dict, schema: dict, path: Path, prefix: str) -> dict:
     result = {}
     for name, spec in schema.items():
         key_path = prefix + name
-        if isinstance(spec, dict):
-            value = raw.get(name, {})
-            if not isinstance(value, dict):
-                raise ConfigError(f"{path}: {key_path!r} must be a mapping, got {value!r}")
-            result[name] = _validate(value, spec, path, key_path + ".")
+        if isinstance(spec, NamedSections):
+            value = raw.get(name)
+            if not isinstance(value, dict) or not value:
+                raise ConfigError(f"{path}: {key_path!r} must be a mapping of one or more named sections")
+            result[name] = {item: _validate(_mapping(section, path, f"{key_path}.{item}"), spec.schema, path,
+                                            f"{key_path}.{item}.") for item, section in value.items()}
+        elif isinstance(spec, dict):
+            result[name] = _validate(_mapping(raw.get(name, {}), path, key_path), spec, path, key_path + ".")
         elif name in raw:
             result[name] = _check_value(raw[name], spec, path, key_path)
         elif spec.required:
@@ -197,6 +249,12 @@ def _validate(raw: dict, schema: dict, path: Path, prefix: str) -> dict:
         else:
             result[name] = spec.default
     return result
+
+
+def _mapping(value: Any, path: Path, key_path: str) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: {key_path!r} must be a mapping, got {value!r}")
+    return value
 
 
 def _check_value(value: Any, spec: Key, path: Path, key_path: str) -> Any:
@@ -225,20 +283,25 @@ def _as_float(value: Any) -> Any:
 
 
 def result_subset(config: dict, reads: tuple[str, ...]) -> dict:
-    """The values of the sections/keys a stage reads, without those that cannot change results."""
+    """The values at the dotted paths a stage reads ("visual", "visual.fps", "visual.parts.clip"),
+    without those that cannot change results."""
     subset = {}
     for entry in reads:
-        section, _, key = entry.partition(".")
-        schema, values = SCHEMA[section], config[section]
-        if key:
-            schema, values = {key: schema[key]}, {key: values[key]}
+        values, schema = config, SCHEMA
+        for part in entry.split("."):
+            schema = schema.schema if isinstance(schema, NamedSections) else schema[part]
+            values = values[part]
         subset[entry] = _result_values(values, schema)
     return subset
 
 
-def _result_values(values: dict, schema: dict) -> dict:
-    return {name: _result_values(values[name], spec) if isinstance(spec, dict) else values[name]
-            for name, spec in schema.items() if isinstance(spec, dict) or spec.affects_results}
+def _result_values(values: Any, schema: Any) -> Any:
+    if isinstance(schema, Key):
+        return values
+    if isinstance(schema, NamedSections):
+        return {name: _result_values(section, schema.schema) for name, section in values.items()}
+    return {name: _result_values(values[name], spec) for name, spec in schema.items()
+            if not isinstance(spec, Key) or spec.affects_results}
 
 
 def model_config(config: dict) -> ModelConfig:

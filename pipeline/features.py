@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Iterator
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from extractors import create_extractor
-from extractors.decode import VideoDecodeError, decode_frames, sample_times
+from extractors import create_extractor, list_extractors
+from extractors.decode import VideoDecodeError, iter_decoded_frames, sample_times
 from extractors.subtitles import pool_subtitles
 from pipeline.stage import StageFailed
 from pipeline.store import FeatureWriter
@@ -18,53 +20,233 @@ from pipeline.store import FeatureWriter
 log = logging.getLogger("pipeline")
 
 _TEXT_CHUNK = 256  # texts per encoder call: bounds memory and keeps the progress bar moving
+# Sampled frames a decoding worker sends at once (~10 MB at 224 x 224): bounds the memory of long videos.
+_MAX_FRAMES_PER_PIECE = 64
 
 
-class _DecodedVideos(torch.utils.data.Dataset):
-    """Decodes one video per item, in DataLoader worker processes, so decoding overlaps the model."""
+@dataclass
+class _Piece:
+    """Consecutive sampled frames of one video, as decoded by a worker; `last` closes the video.
+    A failed video sends one piece with `error` set (and possibly pieces before it)."""
 
-    def __init__(self, videos: list[dict], fps: float, size: int):
+    video: dict
+    frames: np.ndarray | None = None  # uint8 (n, S, S, 3)
+    timestamps: np.ndarray | None = None  # float64 (n,)
+    last: bool = False
+    error: str | None = None
+
+
+class _DecodedVideos(torch.utils.data.IterableDataset):
+    """Decodes videos in DataLoader worker processes, `frames_per_piece` sampled frames at a time, so
+    decoding overlaps the model and memory stays bounded however long a video is. Worker k of n
+    decodes videos k, k + n, ...; each video's pieces arrive in order. For clip backbones
+    (`windows` set) the pieces carry windows of frames instead of frames."""
+
+    def __init__(self, videos: list[dict], fps: float, size: int, frames_fps: float | None,
+                 frames_per_piece: int, windows: "_WindowShape | None" = None):
         self.videos, self.fps, self.size = videos, fps, size
+        self.frames_fps, self.frames_per_piece, self.windows = frames_fps, frames_per_piece, windows
 
-    def __len__(self) -> int:
-        return len(self.videos)
+    def __iter__(self) -> Iterator[_Piece]:
+        worker = torch.utils.data.get_worker_info()
+        mine = self.videos[worker.id :: worker.num_workers] if worker else self.videos
+        for video in mine:
+            pieces = self._pieces(video)
+            yield from pieces if self.windows is None else _windowed(pieces, self.windows)
 
-    def __getitem__(self, index: int) -> tuple[dict, Any, str | None]:
-        video = self.videos[index]
+    def _pieces(self, video: dict) -> Iterator[_Piece]:
         try:
-            decoded = decode_frames(video["path"], sample_times(video["duration"], self.fps),
-                                    short_side=self.size)
+            times = sample_times(video["duration"], self.fps)
+            pieces = iter_decoded_frames(video["path"], times, short_side=self.size,
+                                         chunk=self.frames_per_piece, frames_fps=self.frames_fps)
+            last_index = (len(times) - 1) // self.frames_per_piece
+            for index, piece in enumerate(pieces):
+                yield _Piece(video, piece.frames, piece.timestamps, last=index == last_index)
         except VideoDecodeError as err:
-            return video, None, str(err)
-        return video, decoded, None
+            yield _Piece(video, error=str(err))
 
 
-def _single_item(batch):
-    return batch
+@dataclass(frozen=True)
+class _WindowShape:
+    length: int  # frames per window
+    stride: int  # frames between window starts
 
 
-def extract_visual_features(videos: list[dict], visual: dict, out_path: Path, attrs: dict) -> dict:
-    """Decode every video at ``visual.fps`` and encode its frames; failures are recorded, not fatal."""
-    extractor = create_extractor(visual["backbone"], model=visual["model"], pretrained=visual["pretrained"],
-                                 seed=visual["seed"], device=visual["device"], batch_size=visual["batch_size"])
+def _windowed(pieces: Iterator[_Piece], shape: _WindowShape) -> Iterator[_Piece]:
+    """Frame pieces of one video -> pieces of windows (n, length, S, S, 3), cut as frames arrive.
+
+    A window's time is the mean of its frames' times. The frames after the last full window (or a
+    video shorter than one window) make one more window, padded with the video's last frame.
+    """
+    frames, times = None, None  # frames not yet behind a window start, with their times
+    for piece in pieces:
+        if piece.error is not None:
+            yield piece
+            return
+        frames = piece.frames if frames is None else np.concatenate([frames, piece.frames])
+        times = piece.timestamps if times is None else np.concatenate([times, piece.timestamps])
+        n_windows = max(0, (len(frames) - shape.length) // shape.stride + 1)
+        if piece.last and (n_windows == 0 or (n_windows - 1) * shape.stride + shape.length < len(frames)):
+            padding = n_windows * shape.stride + shape.length - len(frames)
+            frames = np.concatenate([frames, np.repeat(frames[-1:], padding, axis=0)])
+            times = np.concatenate([times, np.repeat(times[-1:], padding)])
+            n_windows += 1
+        starts = np.arange(n_windows) * shape.stride
+        index = starts[:, None] + np.arange(shape.length)  # (n, length)
+        if n_windows or piece.last:
+            yield _Piece(piece.video, frames[index], times[index].mean(axis=1), last=piece.last)
+        frames, times = frames[n_windows * shape.stride:], times[n_windows * shape.stride:]
+
+
+class _CrossVideoBatcher:
+    """Feeds the extractor full batches of frames whatever the video lengths (a batch may span many
+    videos), and hands back each video's features once all its frames are encoded."""
+
+    def __init__(self, extractor, batch_size: int, pin_memory: bool):
+        self.extractor, self.batch_size, self.pin_memory = extractor, batch_size, pin_memory
+        self._waiting: list[tuple[str, np.ndarray]] = []  # (video id, uint8 (n, S, S, 3)) not yet encoded
+        self._n_waiting = 0
+        self._features: dict[str, list[np.ndarray]] = {}  # video id -> encoded (n, dim) pieces
+        self._timestamps: dict[str, list[np.ndarray]] = {}
+        self._videos: dict[str, dict] = {}  # video id -> video, for videos all decoded
+        self._ready: list[tuple[dict, np.ndarray, np.ndarray]] = []
+
+    def add(self, piece: _Piece) -> None:
+        video_id = piece.video["video_id"]
+        self._features.setdefault(video_id, [])
+        self._timestamps.setdefault(video_id, []).append(piece.timestamps)
+        self._waiting.append((video_id, piece.frames))
+        self._n_waiting += len(piece.frames)
+        if piece.last:
+            self._videos[video_id] = piece.video
+        while self._n_waiting >= self.batch_size:
+            self._encode(self.batch_size)
+        self._collect_finished()
+
+    def drop(self, video_id: str) -> None:
+        """Forget a video that failed part-way: its frames are neither encoded nor written."""
+        self._waiting = [(vid, frames) for vid, frames in self._waiting if vid != video_id]
+        self._n_waiting = sum(len(frames) for _, frames in self._waiting)
+        for per_video in (self._features, self._timestamps, self._videos):
+            per_video.pop(video_id, None)
+
+    def flush(self) -> None:
+        """Encode what is left (a last, partial batch)."""
+        if self._n_waiting:
+            self._encode(self._n_waiting)
+        self._collect_finished()
+
+    def finished(self) -> list[tuple[dict, np.ndarray, np.ndarray]]:
+        """(video, features (T, dim), timestamps (T,)) of the videos completed since the last call."""
+        ready, self._ready = self._ready, []
+        return ready
+
+    def _encode(self, count: int) -> None:
+        owners, frames = self._take(count)
+        batch = np.concatenate(frames) if not self.pin_memory else _pinned_concatenate(frames)
+        features = self.extractor.encode(batch)  # (count, dim)
+        offset = 0
+        for video_id, n in owners:
+            self._features[video_id].append(features[offset : offset + n])
+            offset += n
+
+    def _take(self, count: int) -> tuple[list[tuple[str, int]], list[np.ndarray]]:
+        """The first `count` waiting frames, splitting a piece if needed: (video id, n) per run, frames."""
+        owners, frames = [], []
+        while count:
+            video_id, piece = self._waiting[0]
+            taken = piece[:count]
+            if len(taken) == len(piece):
+                self._waiting.pop(0)
+            else:
+                self._waiting[0] = (video_id, piece[count:])
+            owners.append((video_id, len(taken)))
+            frames.append(taken)
+            count -= len(taken)
+            self._n_waiting -= len(taken)
+        return owners, frames
+
+    def _collect_finished(self) -> None:
+        waiting_ids = {video_id for video_id, _ in self._waiting}
+        for video_id in [vid for vid in self._videos if vid not in waiting_ids]:
+            video = self._videos.pop(video_id)
+            self._ready.append((video, np.concatenate(self._features.pop(video_id)),
+                                np.concatenate(self._timestamps.pop(video_id))))
+
+
+def _pinned_concatenate(frames: list[np.ndarray]) -> np.ndarray:
+    """np.concatenate into page-locked memory, which the extractor's copy to the GPU reads by DMA."""
+    total = sum(len(piece) for piece in frames)
+    pinned = torch.empty((total, *frames[0].shape[1:]), dtype=torch.uint8, pin_memory=True).numpy()
+    return np.concatenate(frames, out=pinned)
+
+
+def _single_item(piece: _Piece) -> _Piece:
+    return piece
+
+
+def _create_extractor(visual: dict):
+    """The part's backbone; only the options that kind of backbone has are passed."""
+    options = {"pretrained": visual["pretrained"], "seed": visual["seed"], "device": visual["device"],
+               "batch_size": visual["batch_size"]}
+    if visual["model"] is not None:  # backbones with one architecture (resnet152, i3d) have no `model`
+        options["model"] = visual["model"]
+    if visual["backbone"] in list_extractors("clips"):
+        options["clip_len"] = visual["clip_len"]
+    extractor = create_extractor(visual["backbone"], **options)
+    if extractor.kind == "text":
+        raise ValueError(f"visual backbone {visual['backbone']!r} is a text encoder")
+    return extractor
+
+
+def extract_visual_features(videos: list[dict], visual: dict, out_path: Path, attrs: dict,
+                            frames_fps: float | None = None) -> dict:
+    """Decode every video at ``visual.fps`` and encode its frames; failures are recorded, not fatal.
+
+    Videos are decoded in ``visual.num_workers`` worker processes and reach the model in batches of
+    ``visual.batch_size`` frames that may span videos. Each video is written as soon as its last
+    frame is encoded, so a crash loses only the videos in flight and a rerun skips finished ones.
+    ``frames_fps`` is the frame rate of inputs that are folders of frames.
+    """
+    extractor = _create_extractor(visual)
+    windows = _WindowShape(visual["clip_len"], visual["clip_stride"] or visual["clip_len"]) \
+        if extractor.kind == "clips" else None
     failures: dict[str, str] = {}
-    with FeatureWriter(out_path, {**attrs, "backbone": f"{visual['backbone']}:{visual['model']}",
+    backbone = ":".join(name for name in (visual["backbone"], visual["model"]) if name)
+    with FeatureWriter(out_path, {**attrs, "backbone": backbone,
                                   "dim": extractor.dim, "fps": visual["fps"]}) as writer:
         todo = [video for video in videos if not writer.done(video["video_id"])]
-        loader = torch.utils.data.DataLoader(_DecodedVideos(todo, visual["fps"], visual["size"]),
-                                             batch_size=None, collate_fn=_single_item,
+        decoded = _DecodedVideos(todo, visual["fps"], visual["size"], frames_fps,
+                                 frames_per_piece=min(visual["batch_size"], _MAX_FRAMES_PER_PIECE), windows=windows)
+        loader = torch.utils.data.DataLoader(decoded, batch_size=None, collate_fn=_single_item,
                                              num_workers=visual["num_workers"])
-        for video, decoded, error in tqdm(loader, total=len(todo), desc="visual features", unit="video"):
-            if error is not None:
-                failures[video["video_id"]] = error
-                log.warning("video %s failed: %s", video["video_id"], error)
-                continue
-            writer.write(video["video_id"], extractor.encode(decoded.frames),
-                         timestamps=decoded.timestamps, duration=video["duration"])
+        batcher = _CrossVideoBatcher(extractor, visual["batch_size"], pin_memory=extractor.device.type == "cuda")
+        with tqdm(total=len(todo), desc="visual features", unit="video") as progress:
+            for piece in loader:
+                if piece.error is None:
+                    batcher.add(piece)
+                else:
+                    _record_failure(failures, piece.video["video_id"], piece.error)
+                    batcher.drop(piece.video["video_id"])
+                    progress.update()
+                _write_finished(batcher, writer, progress)
+            batcher.flush()
+            _write_finished(batcher, writer, progress)
         _check_failures(failures, len(videos), visual["max_failed_fraction"])
         writer.finish()
     return {"inputs": {"videos": len(videos), "resumed": len(videos) - len(todo)},
             "failures": failures, "dim": extractor.dim}
+
+
+def _write_finished(batcher: _CrossVideoBatcher, writer: FeatureWriter, progress: tqdm) -> None:
+    for video, features, timestamps in batcher.finished():
+        writer.write(video["video_id"], features, timestamps=timestamps, duration=video["duration"])
+        progress.update()
+
+
+def _record_failure(failures: dict[str, str], video_id: str, error: str) -> None:
+    failures[video_id] = error
+    log.warning("video %s failed: %s", video_id, error)
 
 
 def _check_failures(failures: dict[str, str], total: int, max_fraction: float) -> None:
@@ -75,9 +257,13 @@ def _check_failures(failures: dict[str, str], total: int, max_fraction: float) -
 
 
 def _text_encoder(text: dict):
-    return create_extractor("hf-text", model=text["model"], layer=text["layer"], max_length=text["max_length"],
-                            strip_special_tokens=text["strip_special_tokens"], device=text["device"],
-                            batch_size=text["batch_size"])
+    options = {"model": text["model"], "device": text["device"], "batch_size": text["batch_size"]}
+    if text["encoder"] == "clip-text":
+        options.update(pretrained=text["pretrained"], seed=text["seed"])
+    else:
+        options.update(layer=text["layer"], max_length=text["max_length"],
+                       strip_special_tokens=text["strip_special_tokens"])
+    return create_extractor(text["encoder"], **options)
 
 
 def encode_queries(queries: list[dict], text: dict, out_path: Path, attrs: dict) -> dict:
@@ -95,21 +281,23 @@ def encode_queries(queries: list[dict], text: dict, out_path: Path, attrs: dict)
     return {"inputs": {"queries": len(queries)}, "dim": encoder.dim}
 
 
-def encode_subtitles(videos: list[dict], subtitles: list[dict], text: dict, fps: float,
+def encode_subtitles(videos: list[dict], subtitles: list[dict], text: dict, visual: dict,
                      out_path: Path, attrs: dict) -> dict:
-    """Subtitle token features max-pooled onto each video's visual sampling grid, with a mask."""
+    """Subtitle token features max-pooled onto each video's visual feature grid, with a mask."""
+    from pipeline.visual import feature_grid
+
     encoder = _text_encoder(text)
     sentences_of = {entry["video_id"]: entry["sub"] for entry in subtitles}
     with FeatureWriter(out_path, {**attrs, "model": text["model"], "dim": encoder.dim,
-                                  "layer": text["layer"], "fps": fps}) as writer:
+                                  "layer": text["layer"]}) as writer:
         for video in tqdm(videos, desc="subtitle features", unit="video"):
             if writer.done(f"mask/{video['video_id']}"):
                 continue
             sentences = [s for s in sentences_of.get(video["video_id"], []) if s["text"].strip()]
             encoded = encoder.encode([s["text"] for s in sentences]) if sentences else []
-            timestamps = sample_times(video["duration"], fps)
+            timestamps, rate = feature_grid(video["duration"], visual)
             features, mask = pool_subtitles([(s["start"], s["end"], e.tokens) for s, e in zip(sentences, encoded)],
-                                            timestamps, fps, encoder.dim)
+                                            timestamps, rate, encoder.dim)
             writer.write(f"features/{video['video_id']}", features, timestamps=timestamps)
             writer.write(f"mask/{video['video_id']}", mask)
         writer.finish()

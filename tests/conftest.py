@@ -7,6 +7,7 @@ from pathlib import Path
 
 import luigi
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -14,7 +15,8 @@ REPO = Path(__file__).resolve().parent.parent
 # The demo config, shrunk: few short videos, a tiny CLIP, a tiny AMDNet, few epochs.
 TINY = {
     "data": {"demo_videos": 8},
-    "visual": {"model": "TinyViT-32-test", "fps": 1.0, "size": 64, "num_workers": 0, "batch_size": 16},
+    "visual": {"parts": {"clip": {"model": "TinyViT-32-test"}}, "fps": 1.0, "size": 64, "num_workers": 0,
+               "batch_size": 16},
     "model": {"hidden_size": 32},
     "train": {"max_epochs": 2, "batch_size": 4, "patience": 2},
 }
@@ -64,3 +66,12 @@ def run_stages():
     luigi.Task.event_handler(luigi.Event.SUCCESS)(recorder)
     yield recorder
     luigi.Task.remove_event_handler(luigi.Event.SUCCESS, recorder)
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread: on two shared cores it avoids spin-wait contention in small models."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

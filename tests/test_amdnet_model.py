@@ -8,13 +8,7 @@ from amdnet.cli import main
 from amdnet.model import AttentionSubLayer, gaussian_moment_masks, pool_query_tokens
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # Two shared cores: one intra-op thread avoids spin-wait contention and keeps tests fast.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.mark.parametrize("hidden_size, expected", [(384, 1_781_896), (256, 893_704)])

@@ -17,13 +17,7 @@ def small_train_config(**overrides) -> TrainConfig:
     return TrainConfig(**(values | overrides))
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # Two shared cores: one intra-op thread avoids spin-wait contention and keeps tests fast.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +31,6 @@ def corpus(tmp_path_factory):
 def trained_run(corpus, tmp_path_factory):
     files, queries_path = corpus
     out_dir = tmp_path_factory.mktemp("run")
-    torch.set_num_threads(1)
     summary = train(SMALL_MODEL, small_train_config(), files, queries_path, out_dir, progress=False)
     return summary, out_dir
 

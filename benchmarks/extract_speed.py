@@ -1,0 +1,145 @@
+"""Throughput of visual feature extraction against the physical limit of decoding on this machine.
+
+On a set of generated H.264 videos (ffmpeg's testsrc2 at 360p and 720p) it measures
+  (a) raw decoding with the ffmpeg binary, `ffmpeg -i f -f null -` (decode only, the limit),
+  (b) our decode-and-sample (`decode_frames`), at the native frame rate (every frame) and at 3 fps,
+  (c) end-to-end extraction (`extract_visual_features`) with CLIP ViT-B/32 (I3D: see the note it prints),
+and prints frames/s, peak memory and the ratios (b)/(a) and (c)/(b). Rates are in source frames
+per second (video seconds x native fps per wall second), so sampling sparsely can beat (a).
+
+    python benchmarks/extract_speed.py                            # 6 x 20 s videos (3 at 360p, 3 at 720p)
+    python benchmarks/extract_speed.py --videos 2 --seconds 5     # quick smoke run
+    python benchmarks/extract_speed.py --skip-extraction          # decoding only
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import imageio_ffmpeg
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from extractors import list_extractors  # noqa: E402
+from extractors.decode import decode_frames, probe_video, sample_times  # noqa: E402
+from pipeline.features import extract_visual_features  # noqa: E402
+
+HEIGHTS = (360, 720)  # alternating over the generated videos
+NATIVE_FPS = 25.0
+SAMPLING_FPS = 3.0
+
+
+def generate_videos(folder: Path, count: int, seconds: float) -> list[dict]:
+    """`count` testsrc2 videos, alternately 360p and 720p; reused when already in `folder`."""
+    videos = []
+    for index in range(count):
+        height = HEIGHTS[index % len(HEIGHTS)]
+        path = folder / f"testsrc2_{height}p_{index}_{seconds:g}s.mp4"
+        if not path.exists():
+            subprocess.run(
+                [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi",
+                 "-i", f"testsrc2=size={height * 16 // 9}x{height}:rate={NATIVE_FPS:g}:duration={seconds}",
+                 "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", str(path)],
+                check=True)
+        info = probe_video(path)
+        videos.append({"video_id": path.stem, "path": str(path), "duration": info.duration,
+                       "n_frames": info.n_frames, "split": "test"})
+    return videos
+
+
+def timed(function, *args, **kwargs) -> float:
+    started = time.perf_counter()
+    function(*args, **kwargs)
+    return time.perf_counter() - started
+
+
+def ffmpeg_null_decode(videos: list[dict]) -> None:
+    for video in videos:
+        subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-i", video["path"],
+                        "-f", "null", "-"], check=True)
+
+
+def sample_all(videos: list[dict], fps: float | None, size: int) -> None:
+    """Decode and resize every video at `fps`, or every frame when fps is None, as extraction does."""
+    for video in videos:
+        times = sample_times(video["duration"], fps or video["n_frames"] / video["duration"])
+        decode_frames(video["path"], times, short_side=size)
+
+
+def extract_all(videos: list[dict], backbone: str, model: str, args, out_path: Path) -> None:
+    visual = {"backbone": backbone, "model": model, "pretrained": None, "seed": 0, "fps": SAMPLING_FPS,
+              "size": 224, "batch_size": args.batch_size, "num_workers": args.num_workers,
+              "device": args.device, "max_failed_fraction": 0.0}
+    extract_visual_features(videos, visual, out_path, {"stage": "benchmark", "fingerprint": "none"})
+    with h5py.File(out_path) as features:
+        assert len(features) == len(videos), "extraction lost videos"
+    out_path.unlink()
+
+
+def peak_memory_report() -> str:
+    # ru_maxrss is KiB on Linux; decoding workers are children
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    report = f"peak RSS {own:.2f} GiB (largest child process {children:.2f} GiB)"
+    if torch.cuda.is_available():
+        report += f", CUDA max allocated {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    return report
+
+
+def report(label: str, source_frames: int, seconds: float) -> float:
+    rate = source_frames / seconds
+    print(f"{label:<52} {seconds:7.2f} s  {rate:8.1f} source frames/s   {peak_memory_report()}", flush=True)
+    return rate
+
+
+def run(args) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    folder = Path(args.workdir or tempfile.mkdtemp(prefix="extract_speed_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    videos = generate_videos(folder, args.videos, args.seconds)
+    source_frames = sum(video["n_frames"] for video in videos)
+    print(f"{len(videos)} videos ({', '.join(f'{h}p' for h in HEIGHTS)}), {args.seconds:g} s each, "
+          f"{source_frames} frames at {NATIVE_FPS:g} fps, in {folder}; torch threads {torch.get_num_threads()}")
+
+    ffmpeg_rate = report("(a) ffmpeg -f null (decode only)", source_frames, timed(ffmpeg_null_decode, videos))
+    every_frame_rate = report("(b) decode_frames, every frame, short side 224", source_frames,
+                              timed(sample_all, videos, None, 224))
+    sampled_rate = report(f"(b) decode_frames at {SAMPLING_FPS:g} fps, short side 224", source_frames,
+                          timed(sample_all, videos, SAMPLING_FPS, 224))
+    print(f"(b)/(a) every frame: {every_frame_rate / ffmpeg_rate:.2f}   "
+          f"at {SAMPLING_FPS:g} fps: {sampled_rate / ffmpeg_rate:.2f}   (CPU goal >= 0.9)")
+    if args.skip_extraction:
+        return
+
+    # I3D is a clip backbone (windows of frames); extract_visual_features encodes frame backbones.
+    print(f"I3D: not measured, extract_visual_features takes frame backbones only "
+          f"(clip backbones registered: {', '.join(list_extractors(kind='clips')) or 'none'})")
+    seconds = timed(extract_all, videos, "clip", "ViT-B-32", args, folder / "clip.h5")
+    rate = report(f"(c) extraction clip:ViT-B-32 at {SAMPLING_FPS:g} fps", source_frames, seconds)
+    print(f"    {source_frames * SAMPLING_FPS / NATIVE_FPS / seconds:.1f} sampled frames/s;  "
+          f"(c)/(b) {rate / sampled_rate:.2f}   (GPU goal >= 0.8)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--videos", type=int, default=6, help="number of generated videos")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each generated video")
+    parser.add_argument("--workdir", help="keep the generated videos here and reuse them on reruns")
+    parser.add_argument("--skip-extraction", action="store_true", help="measure (a) and (b) only")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-workers", type=int, default=2, help="decoding worker processes")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""The PRVR feature bundle (MS-SL's release, reused by GMMFormer and AMDNet): import and export.
+
+Layout of one collection (``tvr``, ``activitynet``, ``charades``), see the data-formats spec:
+
+    TextData/<collection>{train,val,test}.caption.txt      "cap_id caption" per line, cap_id = <video_id>#enc#<k>
+    TextData/roberta_<collection>_query_feat.hdf5          cap_id -> (L, D) token features
+    TextData/clip_ViT_B_32_<collection>_query_feat.hdf5    cap_id -> (D,) one vector
+    FeatureData/new_clip_vit_32_<collection>_vid_features.hdf5   video_id -> (T, D)
+    FeatureData/<name>/  BigFile: shape.txt "N D", id.txt (N row ids), feature.bin (N x D float32),
+                         video2frames.txt: a Python dict literal video_id -> ordered row ids
+
+Import turns a bundle into our store (video and query feature files in the shared HDF5 formats,
+queries.jsonl, videos.jsonl); export writes our features in the bundle layout.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import h5py
+import numpy as np
+
+from amdnet.atomic import atomic_path, write_jsonl_atomic, write_text_atomic
+from pipeline.datasets import SPLITS, AnnotationError
+from pipeline.store import FeatureWriter
+
+log = logging.getLogger("pipeline")
+
+CLIP_VIDEO = "clip"  # features.video value naming the CLIP video HDF5 rather than a BigFile folder
+EXPORTED_BIGFILE = "features"  # name of the BigFile folder export writes under FeatureData/
+
+BUNDLE_HINT = ("the PRVR feature bundle released with MS-SL (https://github.com/HuiGuanLab/ms-sl, section "
+               "'Data Preparation'; AMDNet's CLIP features: https://github.com/songpipi/AMDNet): unpack a "
+               "collection's folder so that TextData/ and FeatureData/ sit in features.bundle_dir")
+
+
+class BundleError(ValueError):
+    """A bundle file is missing, malformed or inconsistent; the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class BundleLayout:
+    """The files of one collection of a bundle."""
+
+    root: Path
+    collection: str
+    video: str = CLIP_VIDEO  # "clip" or a BigFile folder name under FeatureData/
+    query: str = "clip"  # "clip" (one vector per caption) or "roberta" (token features)
+
+    def captions(self, split: str) -> Path:
+        return self.root / "TextData" / f"{self.collection}{split}.caption.txt"
+
+    @property
+    def query_file(self) -> Path:
+        name = {"clip": f"clip_ViT_B_32_{self.collection}_query_feat.hdf5",
+                "roberta": f"roberta_{self.collection}_query_feat.hdf5"}[self.query]
+        return self.root / "TextData" / name
+
+    @property
+    def video_source(self) -> Path:
+        if self.video == CLIP_VIDEO:
+            return self.root / "FeatureData" / f"new_clip_vit_32_{self.collection}_vid_features.hdf5"
+        return self.root / "FeatureData" / self.video
+
+    def expected(self) -> list[Path]:
+        bigfile = [] if self.video == CLIP_VIDEO else [self.video_source / name for name in BIGFILE_FILES]
+        return [self.captions(split) for split in SPLITS] + [self.query_file] + (bigfile or [self.video_source])
+
+    def check_present(self) -> None:
+        missing = [path for path in self.expected() if not path.exists()]
+        if missing:
+            listing = "\n".join(f"  {path}" for path in missing)
+            raise BundleError(f"feature bundle {self.root} (collection {self.collection!r}): "
+                              f"{len(missing)} expected file(s) missing:\n{listing}\nHow to get them: {BUNDLE_HINT}")
+
+
+# ---- BigFile -----------------------------------------------------------------------------------------
+
+BIGFILE_FILES = ("shape.txt", "id.txt", "feature.bin", "video2frames.txt")
+
+
+def read_bigfile(folder: Path) -> tuple[dict[str, list[str]], "BigFileRows"]:
+    """video2frames (video id -> ordered row ids) and the rows of a BigFile folder, validated."""
+    folder = Path(folder)
+    try:
+        n_rows, dim = (int(value) for value in (folder / "shape.txt").read_text().split())
+    except ValueError:
+        raise BundleError(f"{folder / 'shape.txt'}: expected two integers 'N D'") from None
+    row_ids = (folder / "id.txt").read_text().split()
+    if len(row_ids) != n_rows:
+        raise BundleError(f"{folder / 'id.txt'}: {len(row_ids)} row ids, but shape.txt says {n_rows}")
+    binary = folder / "feature.bin"
+    if binary.stat().st_size != n_rows * dim * 4:
+        raise BundleError(f"{binary}: {binary.stat().st_size} bytes, expected {n_rows} x {dim} float32 "
+                          f"= {n_rows * dim * 4}")
+    rows = BigFileRows(np.memmap(binary, dtype=np.float32, mode="r", shape=(n_rows, dim)),
+                       {row_id: index for index, row_id in enumerate(row_ids)}, folder)
+    return _read_video2frames(folder / "video2frames.txt"), rows
+
+
+def _read_video2frames(path: Path) -> dict[str, list[str]]:
+    # A Python literal, so parsed as one: evaluating it would run whatever the file holds.
+    try:
+        mapping = ast.literal_eval(path.read_text())
+    except (ValueError, SyntaxError) as err:
+        raise BundleError(f"{path}: not a Python dict literal ({err})") from None
+    if not isinstance(mapping, dict) or not all(isinstance(rows, (list, tuple)) for rows in mapping.values()):
+        raise BundleError(f"{path}: expected a dict mapping video ids to lists of row ids")
+    return {str(video_id): [str(row) for row in rows] for video_id, rows in mapping.items()}
+
+
+@dataclass
+class BigFileRows:
+    matrix: np.ndarray  # (N, D) float32, memory-mapped
+    index_of: dict[str, int]
+    folder: Path
+
+    def video(self, video_id: str, row_ids: list[str]) -> np.ndarray:
+        """(T, D) rows of one video, in video2frames order."""
+        unknown = [row for row in row_ids if row not in self.index_of]
+        if unknown:
+            raise BundleError(f"{self.folder / 'video2frames.txt'}: video {video_id!r} lists row {unknown[0]!r}, "
+                              f"which is not in id.txt")
+        return np.asarray(self.matrix[[self.index_of[row] for row in row_ids]])
+
+
+def write_bigfile(folder: Path, videos: dict[str, np.ndarray]) -> None:
+    """Writes (T, D) arrays per video as a BigFile folder; row ids are ``<video_id>_<index>``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    row_ids = [f"{video_id}_{index}" for video_id, features in videos.items() for index in range(len(features))]
+    matrix = np.concatenate(list(videos.values())).astype(np.float32)  # (N, D)
+    with atomic_path(folder / "feature.bin") as temporary:
+        matrix.tofile(temporary)
+    write_text_atomic(folder / "id.txt", " ".join(row_ids) + "\n")
+    video2frames = {video_id: [f"{video_id}_{index}" for index in range(len(features))]
+                    for video_id, features in videos.items()}
+    write_text_atomic(folder / "video2frames.txt", repr(video2frames) + "\n")
+    write_text_atomic(folder / "shape.txt", f"{matrix.shape[0]} {matrix.shape[1]}\n")
+
+
+# ---- import ------------------------------------------------------------------------------------------
+
+
+def read_caption_file(path: Path, split: str) -> list[dict]:
+    """Queries of one caption file: ``cap_id caption`` per line, video id = cap_id before the first '#'."""
+    queries, seen = [], {}
+    for line_no, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        cap_id, _, text = line.strip().partition(" ")
+        if not text.strip():
+            raise AnnotationError(f"{path}:{line_no}: expected 'cap_id caption', got {line.strip()!r}")
+        if cap_id in seen:
+            raise AnnotationError(f"{path}:{line_no}: duplicate caption id {cap_id} (first at line {seen[cap_id]})")
+        seen[cap_id] = line_no
+        queries.append({"cap_id": cap_id, "video_id": cap_id.split("#", 1)[0], "text": text.strip(), "ts": None,
+                        "split": split})
+    return queries
+
+
+def _short_caption_key(cap_id: str) -> str:
+    """``<vid>#enc#<k>`` -> ``<vid>#<k>``, the other form some query files use."""
+    return cap_id.replace("#enc#", "#", 1)
+
+
+def import_bundle(layout: BundleLayout, out_dir: Path, rows_per_second: float, attrs: dict) -> dict:
+    """Writes video_features.h5, query_features.h5, queries.jsonl and videos.jsonl into ``out_dir``.
+
+    Captions whose video or query features are missing are left out and listed in the returned
+    report; a split left without any caption is an error.
+    """
+    layout.check_present()
+    queries = [query for split in SPLITS for query in read_caption_file(layout.captions(split), split)]
+    with _VideoSource(layout) as videos, h5py.File(layout.query_file, "r") as query_file:
+        missing_videos = sorted({q["video_id"] for q in queries} - videos.ids)
+        query_keys = {q["cap_id"]: _query_key(query_file, q["cap_id"]) for q in queries}
+        missing_captions = sorted(cap_id for cap_id, key in query_keys.items() if key is None)
+        kept = [q for q in queries if q["video_id"] in videos.ids and query_keys[q["cap_id"]] is not None]
+        _check_splits_filled(kept, layout)
+        video_ids = list(dict.fromkeys(q["video_id"] for q in kept))
+        video_rows = _write_videos(videos, video_ids, out_dir / "video_features.h5", rows_per_second,
+                                   {**attrs, "backbone": f"bundle:{layout.video}", "fps": rows_per_second})
+        _write_queries(query_file, layout, kept, query_keys, out_dir / "query_features.h5", attrs)
+    write_jsonl_atomic(out_dir / "queries.jsonl", kept)
+    first_split = {}
+    for query in kept:
+        first_split.setdefault(query["video_id"], query["split"])
+    write_jsonl_atomic(out_dir / "videos.jsonl", [
+        {"video_id": video_id, "path": str(layout.video_source), "duration": video_rows[video_id] / rows_per_second,
+         "split": first_split[video_id]} for video_id in video_ids])
+    for what, ids in (("videos without features", missing_videos), ("captions without features", missing_captions)):
+        if ids:
+            log.warning("feature bundle %s: %d %s left out (e.g. %s)", layout.root, len(ids), what, ids[0])
+    return {"inputs": {"captions": len(queries), "videos": len(video_ids), "queries_kept": len(kept)},
+            "missing": {"video_features": missing_videos, "query_features": missing_captions}}
+
+
+def _query_key(query_file: h5py.File, cap_id: str) -> str | None:
+    for key in (cap_id, _short_caption_key(cap_id)):
+        if key in query_file:
+            return key
+    return None
+
+
+def _check_splits_filled(kept: list[dict], layout: BundleLayout) -> None:
+    empty = [split for split in SPLITS if not any(q["split"] == split for q in kept)]
+    if empty:
+        raise BundleError(f"feature bundle {layout.root}: no caption of split(s) {', '.join(empty)} has both video "
+                          f"features in {layout.video_source} and query features in {layout.query_file}")
+
+
+class _VideoSource:
+    """The bundle's video features, from the CLIP HDF5 file or a BigFile folder, by video id."""
+
+    def __init__(self, layout: BundleLayout):
+        self.layout = layout
+        self._file = None
+
+    def __enter__(self) -> "_VideoSource":
+        if self.layout.video == CLIP_VIDEO:
+            self._file = h5py.File(self.layout.video_source, "r")
+            self.ids = set(self._file.keys())
+        else:
+            self.video2frames, self.rows = read_bigfile(self.layout.video_source)
+            self.ids = set(self.video2frames)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def __getitem__(self, video_id: str) -> np.ndarray:
+        if self._file is not None:
+            return self._file[video_id][()]
+        return self.rows.video(video_id, self.video2frames[video_id])
+
+
+def _write_videos(videos: _VideoSource, video_ids: list[str], path: Path, rows_per_second: float,
+                  attrs: dict) -> dict[str, int]:
+    """One (T, D) dataset per video with sample timestamps; returns T per video."""
+    counts = {}
+    dim = np.shape(videos[video_ids[0]])[-1]
+    with FeatureWriter(path, {**attrs, "dim": dim}) as writer:
+        for video_id in video_ids:
+            features = np.asarray(videos[video_id], dtype=np.float32)  # (T, D)
+            _check_shape(features, 2, dim, f"{videos.layout.video_source}: video {video_id!r}")
+            timestamps = (np.arange(len(features)) + 0.5) / rows_per_second
+            writer.write(video_id, features, timestamps=timestamps, duration=len(features) / rows_per_second)
+            counts[video_id] = len(features)
+        writer.finish()
+    return counts
+
+
+def _write_queries(query_file: h5py.File, layout: BundleLayout, queries: list[dict], keys: dict[str, str],
+                   path: Path, attrs: dict) -> None:
+    """tokens/<cap_id> (L, D) and pooled/<cap_id> (D,): RoBERTa tokens are mean-pooled; a CLIP vector
+    is its own pooled vector and a one-token sequence."""
+    ndim = 2 if layout.query == "roberta" else 1
+    layer = -2 if layout.query == "roberta" else -1
+    dim = np.shape(query_file[keys[queries[0]["cap_id"]]])[-1]
+    with FeatureWriter(path, {**attrs, "model": f"bundle:{layout.query}", "dim": dim, "layer": layer}) as writer:
+        for query in queries:
+            features = np.asarray(query_file[keys[query["cap_id"]]][()], dtype=np.float32)
+            if ndim == 1 and features.shape[:1] == (1,):
+                features = features.reshape(-1)  # some releases store the CLIP vector as (1, D)
+            _check_shape(features, ndim, dim, f"{layout.query_file}: caption {keys[query['cap_id']]!r}")
+            tokens = features if ndim == 2 else features[None]  # (L, D)
+            writer.write(f"tokens/{query['cap_id']}", tokens)
+            writer.write(f"pooled/{query['cap_id']}", tokens.mean(axis=0))  # (D,)
+        writer.finish()
+
+
+def _check_shape(features: np.ndarray, ndim: int, dim: int, where: str) -> None:
+    if features.ndim != ndim or features.shape[0] == 0:
+        expected = "(T, D)" if ndim == 2 else "(D,)"
+        raise BundleError(f"{where}: expected shape {expected}, got {features.shape}")
+    if features.shape[-1] != dim:
+        raise BundleError(f"{where}: dimension {features.shape[-1]}, but the first entry has {dim}")
+
+
+# ---- export ------------------------------------------------------------------------------------------
+
+
+def bundle_caption_ids(queries: list[dict]) -> dict[str, str]:
+    """Our cap_id -> the bundle's ``<video_id>#enc#<k>`` (k counts a video's captions in manifest order);
+    the reference code reads the video id from the caption id, so ids such as TVR's desc_id are renamed."""
+    per_video: dict[str, int] = {}
+    renamed = {}
+    for query in queries:
+        k = per_video.get(query["video_id"], 0)
+        per_video[query["video_id"]] = k + 1
+        renamed[query["cap_id"]] = f"{query['video_id']}#enc#{k}"
+    return renamed
+
+
+def export_bundle(video_features: Path, query_features: Path, queries: list[dict], layout: BundleLayout) -> dict:
+    """Writes caption files, both query HDF5 files, the CLIP-named video HDF5 and a BigFile folder.
+
+    File names are those the reference code opens, whatever encoder made the features (the HDF5
+    attributes keep the real model names). Queries whose video or caption has no features are left out.
+    """
+    text_dir, feature_dir = layout.root / "TextData", layout.root / "FeatureData"
+    text_dir.mkdir(parents=True, exist_ok=True)
+    feature_dir.mkdir(parents=True, exist_ok=True)
+    with h5py.File(video_features, "r") as video_file, h5py.File(query_features, "r") as query_file:
+        kept = [q for q in queries if q["video_id"] in video_file and f"pooled/{q['cap_id']}" in query_file]
+        renamed = bundle_caption_ids(kept)
+        for split in SPLITS:
+            lines = [f"{renamed[q['cap_id']]} {' '.join(q['text'].split())}\n" for q in kept if q["split"] == split]
+            write_text_atomic(layout.captions(split), "".join(lines))
+        roberta = BundleLayout(layout.root, layout.collection, query="roberta").query_file
+        clip = BundleLayout(layout.root, layout.collection, query="clip").query_file
+        _write_h5(roberta, ((renamed[q["cap_id"]], query_file[f"tokens/{q['cap_id']}"][()]) for q in kept),
+                  dict(query_file.attrs))
+        _write_h5(clip, ((renamed[q["cap_id"]], query_file[f"pooled/{q['cap_id']}"][()]) for q in kept),
+                  dict(query_file.attrs))
+        videos = {video_id: video_file[video_id][()] for video_id in dict.fromkeys(q["video_id"] for q in kept)}
+        _write_h5(BundleLayout(layout.root, layout.collection).video_source, videos.items(),
+                  dict(video_file.attrs))
+    write_bigfile(feature_dir / EXPORTED_BIGFILE, videos)
+    write_text_atomic(text_dir / "cap_ids.tsv", "".join(f"{ours}\t{theirs}\n" for ours, theirs in renamed.items()))
+    return {"inputs": {"queries": len(queries), "videos": len(videos)}, "exported_queries": len(kept),
+            "left_out_queries": len(queries) - len(kept)}
+
+
+def _write_h5(path: Path, entries: Iterable[tuple[str, np.ndarray]], attrs: dict) -> None:
+    with atomic_path(path) as temporary:
+        with h5py.File(temporary, "w") as file:
+            file.attrs.update(attrs)
+            for key, array in entries:
+                file.create_dataset(key, data=array)

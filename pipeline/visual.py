@@ -1,0 +1,90 @@
+"""The visual recipe: proxies, per-part settings, the feature grid, and parts combined on it.
+
+A recipe has one or more named parts (``visual.parts``), each a backbone extracted by its own stage.
+With ``visual.clip_seconds`` null the single part's features are kept per sampled frame (AMDNet's
+reference inputs); with a clip length every part is pooled onto the same clip grid and the parts are
+concatenated, each L2-normalised (the TVR recipe: ResNet-152 max-pooled + I3D mean-pooled over 1.5 s).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from amdnet.atomic import write_jsonl_atomic
+from extractors.decode import sample_times
+from extractors.pooling import clip_grid, concat_feature_parts, pool_frames_to_clips
+from pipeline.store import FeatureWriter
+
+_EXTRACTION_SETTINGS = ("batch_size", "num_workers", "device", "max_failed_fraction")
+
+
+def part_settings(visual: dict, name: str) -> dict:
+    """Everything the extraction of part ``name`` needs, with the recipe's shared values filled in."""
+    part = visual["parts"][name]
+    return {**part, "fps": part["fps"] or visual["fps"], "size": visual["size"],
+            **{key: visual[key] for key in _EXTRACTION_SETTINGS}}
+
+
+def feature_grid(duration: float, visual: dict) -> tuple[np.ndarray, float]:
+    """Times (T,) of the recipe's features for a video, and their rate (features per second)."""
+    if visual["clip_seconds"] is None:
+        return sample_times(duration, visual["fps"]), visual["fps"]
+    spans = clip_grid(duration, visual["clip_seconds"])  # (C, 2)
+    return spans.mean(axis=1), 1.0 / visual["clip_seconds"]
+
+
+def combine_parts(videos: list[dict], parts: dict[str, tuple[Path, str]], clip_seconds: float | None,
+                  out_path: Path, attrs: dict) -> dict:
+    """One features file from the parts' files: ``parts`` maps name -> (features file, pool mode)."""
+    files = {name: h5py.File(path, "r") for name, (path, _) in parts.items()}
+    try:
+        complete = [v for v in videos if all(v["video_id"] in f for f in files.values())]
+        dims = {name: next(iter(f.values())).shape[1] for name, f in files.items() if len(f)}
+        with FeatureWriter(out_path, {**attrs, "parts": list(parts), "dim": sum(dims.values()),
+                                      "backbone": "+".join(f.attrs["backbone"] for f in files.values())}) as writer:
+            for video in tqdm(complete, desc="combine visual parts", unit="video"):
+                features, timestamps = _combined(video, files, parts, clip_seconds)
+                writer.write(video["video_id"], features, timestamps=timestamps, duration=video["duration"])
+            writer.finish()
+    finally:
+        for f in files.values():
+            f.close()
+    missing = sorted({v["video_id"] for v in videos} - {v["video_id"] for v in complete})
+    return {"inputs": {"videos": len(videos), "parts": dims}, "missing": missing}
+
+
+def _combined(video: dict, files: dict[str, h5py.File], parts: dict[str, tuple[Path, str]],
+              clip_seconds: float | None) -> tuple[np.ndarray, np.ndarray]:
+    video_id = video["video_id"]
+    if clip_seconds is None:  # the config check allows one part only: its own per-frame features
+        (entry,) = (f[video_id] for f in files.values())
+        return entry[()], entry.attrs["timestamps"]
+    spans = clip_grid(video["duration"], clip_seconds)  # (C, 2)
+    pooled = [pool_frames_to_clips(f[video_id][()], f[video_id].attrs["timestamps"], spans, parts[name][1])
+              for name, f in files.items()]  # each (C, D_part)
+    features = concat_feature_parts(pooled) if len(pooled) > 1 else pooled[0]
+    return features, spans.mean(axis=1)
+
+
+def transcode_videos(videos: list[dict], visual: dict, out_dir: Path) -> dict:
+    """A proxy per video; a video that cannot be transcoded keeps its original path (and will be
+    reported by the visual parts when they fail to decode it)."""
+    from extractors.transcode import transcode_proxy
+
+    settings = visual["transcode"]
+    failures, proxies = {}, []
+    for video in tqdm(videos, desc="transcode", unit="video"):
+        proxy = out_dir / "videos" / f"{video['video_id']}.mp4"
+        try:
+            if not proxy.exists():
+                transcode_proxy(video["path"], proxy, fps=settings["fps"], short_side=settings["short_side"])
+            proxies.append({**video, "path": str(proxy)})
+        except RuntimeError as err:
+            failures[video["video_id"]] = str(err)
+            proxies.append(video)
+    write_jsonl_atomic(out_dir / "videos.jsonl", proxies)
+    return {"inputs": {"videos": len(videos)}, "failures": failures}

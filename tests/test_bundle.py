@@ -1,0 +1,145 @@
+"""The PRVR feature bundle: a miniature authored here in the released layout trains and evaluates
+through FullPipeline; export then import gives back the same arrays; bad bundles fail clearly."""
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import tasks
+from pipeline.bundle import BundleError, BundleLayout, import_bundle
+from pipeline.datasets import read_jsonl
+
+SPLIT_VIDEOS = {"train": [f"tv{i}" for i in range(6)], "val": ["va0", "va1"], "test": ["te0", "te1", "te2"]}
+VIDEO_DIM, QUERY_DIM = 12, 8
+
+
+def _author_bundle(root: Path, seed: int = 0) -> dict[str, np.ndarray]:
+    """TextData caption files, a RoBERTa-style token HDF5 (both key forms), a CLIP-style video HDF5 and
+    an i3d_resnet BigFile folder. Returns the video features by id."""
+    rng = np.random.default_rng(seed)
+    text_dir, feature_dir = root / "TextData", root / "FeatureData"
+    text_dir.mkdir(parents=True)
+    (feature_dir / "i3d_resnet").mkdir(parents=True)
+    videos = {vid: rng.normal(size=(int(rng.integers(3, 9)), VIDEO_DIM)).astype(np.float32)
+              for split_videos in SPLIT_VIDEOS.values() for vid in split_videos}
+    with h5py.File(text_dir / "roberta_mini_query_feat.hdf5", "w") as queries:
+        for split, split_videos in SPLIT_VIDEOS.items():
+            lines = []
+            for vid in split_videos:
+                for k in range(2):
+                    lines.append(f"{vid}#enc#{k} a caption of {vid} number {k}\n")
+                    # Some released files key captions as <vid>#<k>: the import falls back to that form.
+                    key = f"{vid}#{k}" if k == 1 else f"{vid}#enc#{k}"
+                    queries[key] = rng.normal(size=(int(rng.integers(2, 6)), QUERY_DIM)).astype(np.float32)
+            (text_dir / f"mini{split}.caption.txt").write_text("".join(lines))
+    with h5py.File(feature_dir / "new_clip_vit_32_mini_vid_features.hdf5", "w") as clip:
+        for vid, features in videos.items():
+            clip[vid] = features
+    _write_bigfile_by_hand(feature_dir / "i3d_resnet", videos)
+    return videos
+
+
+def _write_bigfile_by_hand(folder: Path, videos: dict[str, np.ndarray]) -> None:
+    # Rows stored in reverse order, so reading must follow video2frames, not the file order.
+    rows = [(f"{vid}_{t}", features[t]) for vid, features in videos.items() for t in range(len(features))][::-1]
+    (folder / "shape.txt").write_text(f"{len(rows)} {VIDEO_DIM}\n")
+    (folder / "id.txt").write_text(" ".join(row_id for row_id, _ in rows))
+    np.stack([row for _, row in rows]).astype(np.float32).tofile(folder / "feature.bin")
+    mapping = {vid: [f"{vid}_{t}" for t in range(len(features))] for vid, features in videos.items()}
+    (folder / "video2frames.txt").write_text(repr(mapping))
+
+
+def _bundle_config(make_config, root: Path, **features):
+    return make_config({
+        "data": {"source": "files", "root": str(root), "annotations": {"train": None, "val": None, "test": None},
+                 "subtitles": None},
+        "features": {"source": "bundle", "collection": "mini", **features},
+        "train": {"use_subtitles": False, "query_input": "tokens"},
+    }, name="bundle.yaml")
+
+
+def test_bundle_trains_and_evaluates_through_full_pipeline_and_exports(make_config, run_stages, tmp_path):
+    root = tmp_path / "mini"
+    videos = _author_bundle(root)
+    config = _bundle_config(make_config, root, video="i3d_resnet", query="roberta")
+
+    assert run_stages.build([tasks.FullPipeline(dataset=str(config))]) == ["bundle", "evaluate", "train"]
+    imported = tasks.ImportBundle(dataset=str(config))
+    with h5py.File(imported.video_features) as f:
+        assert sorted(f) == sorted(videos)
+        np.testing.assert_array_equal(f["tv3"][()], videos["tv3"])  # BigFile rows in video2frames order
+        assert f["tv3"].attrs["duration"] == pytest.approx(len(videos["tv3"]) * 1.5)
+    with h5py.File(imported.query_features) as f:
+        assert f["tokens/va1#enc#1"].shape[1] == QUERY_DIM  # found under its short key va1#1
+        np.testing.assert_allclose(f["pooled/va1#enc#1"][()], f["tokens/va1#enc#1"][()].mean(axis=0))
+    metrics = json.loads((tasks.Evaluate(dataset=str(config)).out_dir / "metrics.json").read_text())
+    assert (metrics["split"], metrics["n_queries"], metrics["n_videos"]) == ("test", 6, 3)
+
+    # Export writes the bundle layout; importing it again gives the same arrays.
+    assert run_stages.build([tasks.ExportBundle(dataset=str(config))]) == ["bundle_export"]
+    exported = tasks.ExportBundle(dataset=str(config)).out_dir / "mini"
+    assert (exported / "TextData" / "minitest.caption.txt").read_text().splitlines()[0] == \
+        "te0#enc#0 a caption of te0 number 0"
+    for video, query in (("clip", "roberta"), ("features", "clip")):
+        again = tmp_path / f"again-{video}"
+        again.mkdir()
+        import_bundle(BundleLayout(exported, "mini", video, query), again, 1 / 1.5, {})
+        _assert_same_features(imported, again, tokens=query == "roberta")
+        assert read_jsonl(again / "queries.jsonl") == read_jsonl(imported.out_dir / "queries.jsonl")
+
+
+def _assert_same_features(imported, again: Path, tokens: bool) -> None:
+    with h5py.File(imported.video_features) as first, h5py.File(again / "video_features.h5") as second:
+        assert sorted(first) == sorted(second)
+        for vid in first:
+            np.testing.assert_array_equal(first[vid][()], second[vid][()])
+            np.testing.assert_array_equal(first[vid].attrs["timestamps"], second[vid].attrs["timestamps"])
+    with h5py.File(imported.query_features) as first, h5py.File(again / "query_features.h5") as second:
+        assert sorted(first["pooled"]) == sorted(second["pooled"])
+        for cap_id in first["pooled"]:
+            np.testing.assert_allclose(first[f"pooled/{cap_id}"][()], second[f"pooled/{cap_id}"][()], rtol=1e-6)
+            if tokens:
+                np.testing.assert_array_equal(first[f"tokens/{cap_id}"][()], second[f"tokens/{cap_id}"][()])
+
+
+def test_missing_features_are_reported_and_left_out(tmp_path):
+    root = tmp_path / "mini"
+    _author_bundle(root)
+    with open(root / "TextData" / "minitest.caption.txt", "a") as f:
+        f.write("gone#enc#0 a caption whose video has no features\nte0#enc#7 a caption without features\n")
+    report = import_bundle(BundleLayout(root, "mini", query="roberta"), tmp_path, 1.0, {})
+    assert report["missing"] == {"video_features": ["gone"], "query_features": ["gone#enc#0", "te0#enc#7"]}
+    assert report["inputs"] == {"captions": 24, "videos": 11, "queries_kept": 22}
+
+
+def test_video2frames_is_parsed_as_a_literal_never_evaluated(tmp_path):
+    root = tmp_path / "mini"
+    _author_bundle(root)
+    marker = tmp_path / "evaluated"
+    (root / "FeatureData" / "i3d_resnet" / "video2frames.txt").write_text(
+        f"__import__('pathlib').Path({str(marker)!r}).touch()")
+    with pytest.raises(BundleError, match=r"video2frames\.txt: not a Python dict literal"):
+        import_bundle(BundleLayout(root, "mini", "i3d_resnet", "roberta"), tmp_path, 1.0, {})
+    assert not marker.exists()
+
+
+def test_bad_shapes_and_missing_files_name_the_file_and_key(tmp_path):
+    root = tmp_path / "mini"
+    _author_bundle(root)
+    with h5py.File(root / "FeatureData" / "new_clip_vit_32_mini_vid_features.hdf5", "a") as clip:
+        del clip["va1"]
+        clip["va1"] = np.zeros((4, VIDEO_DIM + 1), dtype=np.float32)
+    with pytest.raises(BundleError, match=r"new_clip_vit_32_mini_vid_features\.hdf5: video 'va1': dimension 13"):
+        import_bundle(BundleLayout(root, "mini", query="roberta"), tmp_path, 1.0, {})
+
+    (root / "FeatureData" / "i3d_resnet" / "feature.bin").write_bytes(b"\0" * 8)
+    with pytest.raises(BundleError, match=r"feature\.bin: 8 bytes, expected"):
+        import_bundle(BundleLayout(root, "mini", "i3d_resnet", "roberta"), tmp_path, 1.0, {})
+
+    (root / "TextData" / "minival.caption.txt").unlink()
+    with pytest.raises(BundleError, match=r"2 expected file\(s\) missing:\n.*minival\.caption\.txt\n.*"
+                                          r"clip_ViT_B_32_mini_query_feat\.hdf5\nHow to get them"):
+        BundleLayout(root, "mini", query="clip").check_present()

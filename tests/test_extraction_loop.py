@@ -1,0 +1,134 @@
+"""The visual extraction loop: worker decoding, batches spanning videos, streaming, failures, resuming."""
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from extractors import create_extractor
+from extractors.decode import decode_frames, probe_video, sample_times
+from pipeline.features import _CrossVideoBatcher, _DecodedVideos, extract_visual_features
+from pipeline.store import FeatureWriter
+from videos import make_testsrc_video, run_ffmpeg
+
+FPS, SIZE, BATCH = 4.0, 64, 8
+
+
+def _visual(num_workers: int) -> dict:
+    return {"backbone": "clip", "model": "TinyViT-32-test", "pretrained": None, "seed": 0, "fps": FPS,
+            "size": SIZE, "batch_size": BATCH, "num_workers": num_workers, "device": "cpu",
+            "max_failed_fraction": 0.5}
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return create_extractor("clip", model="TinyViT-32-test", device="cpu", batch_size=BATCH)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> list[dict]:
+    """Videos of 0.5 to 6 s (2 to 24 samples: shorter and longer than a batch), a frame folder and a
+    broken file."""
+    folder = tmp_path_factory.mktemp("extraction_loop")
+    entries = []
+    for index, seconds in enumerate([6, 0.5, 2.5, 1]):
+        path = make_testsrc_video(folder / f"testsrc_{index}.mp4", seconds=seconds, fps=10, size=(96, 64))
+        entries.append({"video_id": path.stem, "path": str(path), "duration": probe_video(path).duration})
+    frames = folder / "frames"
+    frames.mkdir()
+    run_ffmpeg("-f", "lavfi", "-i", "testsrc2=size=96x64:rate=3:duration=3", str(frames / "%05d.jpg"))
+    entries.append({"video_id": "frames", "path": str(frames), "duration": 3.0})
+    broken = folder / "broken.mp4"
+    broken.write_text("this is not a video\n")
+    entries.append({"video_id": "broken", "path": str(broken), "duration": 2.0})
+    return entries
+
+
+def _expected(video: dict, clip) -> tuple[np.ndarray, np.ndarray]:
+    """Features of one video decoded and encoded on its own: what the loop must reproduce."""
+    decoded = decode_frames(video["path"], sample_times(video["duration"], FPS), short_side=SIZE, frames_fps=3.0)
+    return clip.encode(decoded.frames), decoded.timestamps
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_every_video_gets_the_features_of_decoding_it_alone(videos, clip, tmp_path, num_workers):
+    out = tmp_path / "features.h5"
+    result = extract_visual_features(videos, _visual(num_workers), out, {"stage": "test", "fingerprint": "f"},
+                                     frames_fps=3.0)
+
+    assert result["inputs"] == {"videos": len(videos), "resumed": 0}
+    assert list(result["failures"]) == ["broken"] and "broken.mp4" in result["failures"]["broken"]
+    with h5py.File(out) as features:
+        assert sorted(features) == sorted(v["video_id"] for v in videos if v["video_id"] != "broken")
+        for video in videos[:-1]:
+            expected_features, expected_timestamps = _expected(video, clip)
+            entry = features[video["video_id"]]
+            np.testing.assert_allclose(entry[()], expected_features, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(entry.attrs["timestamps"], expected_timestamps)
+            assert entry.attrs["duration"] == video["duration"]
+
+
+def test_rerun_skips_finished_videos(videos, tmp_path):
+    out = tmp_path / "features.h5"
+    done_before = videos[0]
+    with FeatureWriter(out, {}) as writer:  # as a killed run leaves it: one video complete, not published
+        writer.write(done_before["video_id"], np.zeros((3, 64), np.float32), timestamps=np.arange(3.0))
+    result = extract_visual_features(videos, _visual(0), out, {"stage": "test", "fingerprint": "f"}, frames_fps=3.0)
+    assert result["inputs"] == {"videos": len(videos), "resumed": 1}
+    with h5py.File(out) as features:
+        assert features[done_before["video_id"]].shape == (3, 64)  # kept, not recomputed
+        assert len(features) == len(videos) - 1
+
+
+class _BatchSizes:
+    """The real extractor, recording the number of frames of each call."""
+
+    def __init__(self, extractor):
+        self.extractor, self.sizes = extractor, []
+
+    def encode(self, frames: np.ndarray) -> np.ndarray:
+        self.sizes.append(len(frames))
+        return self.extractor.encode(frames)
+
+
+def test_model_sees_full_batches_spanning_videos_and_pieces_stay_small(videos, clip):
+    decodable = videos[:-1]
+    recorder = _BatchSizes(clip)
+    batcher = _CrossVideoBatcher(recorder, BATCH, pin_memory=False)
+    piece_sizes, written = [], {}
+    for piece in _DecodedVideos(decodable, FPS, SIZE, frames_fps=3.0, frames_per_piece=5):
+        piece_sizes.append(len(piece.frames))
+        batcher.add(piece)
+        written.update((video["video_id"], features) for video, features, _ in batcher.finished())
+    written_before_the_end = len(written)
+    batcher.flush()
+    written.update((video["video_id"], features) for video, features, _ in batcher.finished())
+
+    total = sum(len(sample_times(v["duration"], FPS)) for v in decodable)
+    assert max(piece_sizes) == 5  # the 6 s video (24 samples) arrives in pieces, not whole
+    assert recorder.sizes == [BATCH] * (total // BATCH) + ([total % BATCH] if total % BATCH else [])
+    assert sorted(written) == sorted(v["video_id"] for v in decodable)
+    assert written_before_the_end >= len(decodable) - 2  # videos are handed back as they complete
+    assert written["testsrc_1"].shape == (2, clip.dim)
+
+
+def test_video_failing_after_some_pieces_is_dropped_whole(videos, clip, tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for image in sorted(Path(videos[4]["path"]).glob("*.jpg")):
+        (frames / image.name).write_bytes(image.read_bytes())
+    (frames / "00008.jpg").write_text("this is not an image\n")  # late in the video: pieces came before it
+    broken = {"video_id": "broken_late", "path": str(frames), "duration": 3.0}
+    batcher = _CrossVideoBatcher(clip, BATCH, pin_memory=False)
+    pieces_before_error = 0
+    for piece in _DecodedVideos([broken, videos[1]], FPS, SIZE, frames_fps=3.0, frames_per_piece=4):
+        if piece.error is None:
+            pieces_before_error += piece.video is broken
+            batcher.add(piece)
+        else:
+            assert "00008.jpg" in piece.error
+            batcher.drop(piece.video["video_id"])
+    batcher.flush()
+    assert pieces_before_error >= 1
+    assert [video["video_id"] for video, _, _ in batcher.finished()] == [videos[1]["video_id"]]

@@ -1,0 +1,54 @@
+"""Visual recipes with several parts: each backbone is its own stage, combined on one clip grid."""
+
+import h5py
+import numpy as np
+import yaml
+
+import tasks
+from conftest import REPO
+
+
+def _recipe_config(tmp_path, parts: dict, **visual) -> str:
+    """A 3-video demo whose visual section is exactly ``parts`` on a 1.5 s clip grid."""
+    config = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    config["workdir"] = str(tmp_path / "work")
+    config["data"]["demo_videos"] = 3
+    config["visual"] = {"fps": 0.5, "size": 112, "clip_seconds": 1.5, "parts": parts, "num_workers": 0,
+                        "batch_size": 8, **visual}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+TVR_PARTS = {"resnet": {"backbone": "resnet152", "pool": "max"},
+             "i3d": {"backbone": "i3d", "pool": "mean", "fps": 4.0, "clip_len": 8}}
+
+
+def test_tvr_recipe_gives_3072_d_clips_and_an_i3d_change_reruns_only_its_part(tmp_path, run_stages):
+    config = _recipe_config(tmp_path, TVR_PARTS)
+    visual = tasks.VisualFeatures(dataset=config)
+    assert run_stages.build([visual]) == ["dataset", "demo_data", "visual", "visual-i3d", "visual-resnet"]
+    with h5py.File(visual.features) as f:
+        assert f.attrs["dim"] == 3072 and len(f) == 3
+        for video_id in f:
+            features, timestamps = f[video_id][()], f[video_id].attrs["timestamps"]
+            duration = f[video_id].attrs["duration"]
+            assert features.shape == (int(np.ceil(duration / 1.5 - 1e-6)), 3072)
+            np.testing.assert_allclose(timestamps[:2], [0.75, 2.25])
+            # parts in config order, each L2-normalised before the concatenation
+            bounds = np.cumsum([0] + [{"resnet": 2048, "i3d": 1024}[name] for name in f.attrs["parts"]])
+            for start, end in zip(bounds[:-1], bounds[1:]):
+                np.testing.assert_allclose(np.linalg.norm(features[:, start:end], axis=1), 1.0, rtol=1e-4)
+
+    changed = tasks.VisualFeatures(dataset=config, set="visual.parts.i3d.seed=1")
+    assert run_stages.build([changed]) == ["visual", "visual-i3d"]
+
+
+def test_subtitles_follow_the_clip_grid(tmp_path, run_stages):
+    config = _recipe_config(tmp_path, {"clip": {"backbone": "clip", "model": "TinyViT-32-test"}})
+    visual, subtitles = tasks.VisualFeatures(dataset=config), tasks.SubtitleFeatures(dataset=config)
+    run_stages.build([visual, subtitles])
+    with h5py.File(visual.features) as v, h5py.File(subtitles.features) as s:
+        for video_id in v:
+            assert s[f"features/{video_id}"].shape[0] == v[video_id].shape[0]
+            np.testing.assert_allclose(s[f"features/{video_id}"].attrs["timestamps"], v[video_id].attrs["timestamps"])
