@@ -185,10 +185,18 @@ def _single_item(piece: _Piece) -> _Piece:
     return piece
 
 
+def _items_per_batch(visual: dict) -> int:
+    """visual.batch_size counts frames, so a batch of windows holds about as many frames as one of
+    frames (and as much memory)."""
+    if visual["backbone"] in list_extractors("clips"):
+        return max(1, visual["batch_size"] // visual["clip_len"])
+    return visual["batch_size"]
+
+
 def _create_extractor(visual: dict):
     """The part's backbone; only the options that kind of backbone has are passed."""
     options = {"pretrained": visual["pretrained"], "seed": visual["seed"], "device": visual["device"],
-               "batch_size": visual["batch_size"]}
+               "batch_size": _items_per_batch(visual)}
     if visual["model"] is not None:  # backbones with one architecture (resnet152, i3d) have no `model`
         options["model"] = visual["model"]
     if visual["backbone"] in list_extractors("clips"):
@@ -220,7 +228,7 @@ def extract_visual_features(videos: list[dict], visual: dict, out_path: Path, at
                                  frames_per_piece=min(visual["batch_size"], _MAX_FRAMES_PER_PIECE), windows=windows)
         loader = torch.utils.data.DataLoader(decoded, batch_size=None, collate_fn=_single_item,
                                              num_workers=visual["num_workers"])
-        batcher = _CrossVideoBatcher(extractor, visual["batch_size"], pin_memory=extractor.device.type == "cuda")
+        batcher = _CrossVideoBatcher(extractor, _items_per_batch(visual), pin_memory=extractor.device.type == "cuda")
         with tqdm(total=len(todo), desc="visual features", unit="video") as progress:
             for piece in loader:
                 if piece.error is None:
