@@ -28,7 +28,6 @@ from pipeline.datasets import (
 )
 from pipeline.stage import DatasetTask, Stage
 from pipeline.subtitle_files import SUBTITLE_EXTENSIONS
-from pipeline.visual import part_settings
 
 
 class DemoDataset(Stage):
@@ -169,6 +168,7 @@ class VisualPart(Stage):
 
     def build(self, out_dir):
         from pipeline.features import extract_visual_features
+        from pipeline.visual import part_settings
 
         return extract_visual_features(read_jsonl(self.upstream_dir("videos") / "videos.jsonl"),
                                        part_settings(self.config["visual"], self.part), self.features,
