@@ -175,7 +175,7 @@ class _PixelExtractor(abc.ABC):
         outputs = [np.zeros((0, self.dim), dtype=np.float32)]
         with inference_context(self.device):
             for batch in batched(pixels, self.batch_size, self.progress, type(self).__name__):
-                batch_on_device = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+                batch_on_device = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
                 features = self._embed(self._preprocess(batch_on_device))  # (B, dim)
                 outputs.append(features.float().cpu().numpy())
         return np.concatenate(outputs)
