@@ -177,20 +177,33 @@ class VisualPart(Stage):
 
 
 class VisualFeatures(_FeatureStage):
-    """The visual recipe's parts on one grid (per frame, or pooled onto clips), concatenated."""
+    """The visual recipe's parts on one grid: a single per-frame part as it is, or every part pooled
+    onto clips of visual.clip_seconds and concatenated."""
 
-    stage, version, reads = "visual", "2", ("visual.clip_seconds",)
+    stage, version, reads = "visual", "3", ("visual.clip_seconds",)
 
     def upstream(self):
         parts = {f"part-{name}": self.clone(VisualPart, part=name) for name in self.config["visual"]["parts"]}
         return {"dataset": self.clone(PrepareDataset), **parts}
 
+    @property
+    def parts(self) -> dict[str, VisualPart]:
+        return {name: self.upstream()[f"part-{name}"] for name in self.config["visual"]["parts"]}
+
+    @property
+    def features(self) -> Path:
+        if self.config["visual"]["clip_seconds"] is None:  # one part (the config check): read, not copied
+            (part,) = self.parts.values()
+            return part.features
+        return self.out_dir / "features.h5"
+
     def build(self, out_dir):
         from pipeline.visual import combine_parts
 
         visual = self.config["visual"]
-        parts = {name: (self.upstream()[f"part-{name}"].features, settings["pool"])
-                 for name, settings in visual["parts"].items()}
+        if visual["clip_seconds"] is None:
+            return {"features": str(self.features)}
+        parts = {name: (task.features, visual["parts"][name]["pool"]) for name, task in self.parts.items()}
         return combine_parts(self.dataset_file("videos.jsonl"), parts, visual["clip_seconds"], self.features,
                              {"stage": self.stage, "fingerprint": self.fingerprint})
 

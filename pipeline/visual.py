@@ -1,7 +1,7 @@
 """The visual recipe: proxies, per-part settings, the feature grid, and parts combined on it.
 
 A recipe has one or more named parts (``visual.parts``), each a backbone extracted by its own stage.
-With ``visual.clip_seconds`` null the single part's features are kept per sampled frame (AMDNet's
+With ``visual.clip_seconds`` null the single part's per-frame features are used as they are (AMDNet's
 reference inputs); with a clip length every part is pooled onto the same clip grid and the parts are
 concatenated, each L2-normalised (the TVR recipe: ResNet-152 max-pooled + I3D mean-pooled over 1.5 s).
 """
@@ -37,9 +37,10 @@ def feature_grid(duration: float, visual: dict) -> tuple[np.ndarray, float]:
     return spans.mean(axis=1), 1.0 / visual["clip_seconds"]
 
 
-def combine_parts(videos: list[dict], parts: dict[str, tuple[Path, str]], clip_seconds: float | None,
+def combine_parts(videos: list[dict], parts: dict[str, tuple[Path, str]], clip_seconds: float,
                   out_path: Path, attrs: dict) -> dict:
-    """One features file from the parts' files: ``parts`` maps name -> (features file, pool mode)."""
+    """The parts pooled onto clips of ``clip_seconds`` and concatenated, in one features file;
+    ``parts`` maps name -> (features file, pool mode)."""
     files = {name: h5py.File(path, "r") for name, (path, _) in parts.items()}
     try:
         complete = [v for v in videos if all(v["video_id"] in f for f in files.values())]
@@ -58,11 +59,8 @@ def combine_parts(videos: list[dict], parts: dict[str, tuple[Path, str]], clip_s
 
 
 def _combined(video: dict, files: dict[str, h5py.File], parts: dict[str, tuple[Path, str]],
-              clip_seconds: float | None) -> tuple[np.ndarray, np.ndarray]:
+              clip_seconds: float) -> tuple[np.ndarray, np.ndarray]:
     video_id = video["video_id"]
-    if clip_seconds is None:  # the config check allows one part only: its own per-frame features
-        (entry,) = (f[video_id] for f in files.values())
-        return entry[()], entry.attrs["timestamps"]
     spans = clip_grid(video["duration"], clip_seconds)  # (C, 2)
     pooled = [pool_frames_to_clips(f[video_id][()], f[video_id].attrs["timestamps"], spans, parts[name][1])
               for name, f in files.items()]  # each (C, D_part)
