@@ -13,6 +13,7 @@ are parsed as YAML scalars, then validated exactly like the file.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shlex
 import typing
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ from pipeline.datasets import DEFAULT_PROBLEM_POLICY, FORMATS, PROBLEM_ACTIONS
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 _REQUIRED = object()
+# Decoding worker processes by default: one per CPU core this process may use (a GPU model
+# outruns a single decoding worker many times over).
+_CPU_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class ConfigError(ValueError):
@@ -94,7 +98,7 @@ SCHEMA: dict[str, Any] = {
         "subtitles": _key(OptStr, None),  # TVR's subtitle file; custom data: .srt/.vtt next to the videos
         "videos": _key(str, "videos"),
         "video_ext": _key((str, list), ".mp4"),  # or a list of extensions tried in order
-        "frame_fps": _key(float, 3.0),  # frame rate of videos given as folders of JPEG frames
+        "frame_fps": _key(float, 3.0),  # frame rate of videos given as folders of JPEG/PNG frames
         "on_problem": {problem: _key(str, DEFAULT_PROBLEM_POLICY[problem], choices=actions)
                        for problem, actions in PROBLEM_ACTIONS.items()},
         "demo_videos": _key(int, 48),
@@ -137,7 +141,7 @@ SCHEMA: dict[str, Any] = {
             "short_side": _key(int, 256),
         },
         "batch_size": _key(int, 64, affects_results=False),
-        "num_workers": _key(int, 1, affects_results=False),
+        "num_workers": _key(int, _CPU_CORES, affects_results=False),
         "device": _key(str, "auto", affects_results=False),
         "max_failed_fraction": _key(float, 0.1, affects_results=False),
     },

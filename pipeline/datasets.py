@@ -116,7 +116,7 @@ class ProblemReport:
 
 @dataclass(frozen=True)
 class VideoFolder:
-    """Where a dataset's videos live: files ``<id><ext>`` or folders of JPEG frames ``<id>/``."""
+    """Where a dataset's videos live: files ``<id><ext>`` or folders of JPEG/PNG frames ``<id>/``."""
 
     root: Path
     extensions: tuple[str, ...] = (".mp4",)
@@ -135,15 +135,10 @@ class VideoFolder:
         return self.root / f"{video_id}{self.extensions[0]}"
 
     def duration(self, path: Path) -> float:
-        """Seconds: frame count / frame rate for a frame folder, else probed from the file."""
-        if path.is_dir():
-            n_frames = sum(1 for _ in path.glob("*.jpg"))
-            if n_frames == 0:
-                raise ValueError(f"frame folder {path} holds no .jpg frames")
-            return n_frames / self.frame_fps
+        """Seconds, as the decoder sees the file or folder (a folder: its frame images / frame rate)."""
         from extractors.decode import probe_video  # decord is slow to import; only probing needs it
 
-        return probe_video(path).duration
+        return probe_video(path, frames_fps=self.frame_fps).duration
 
 
 def read_jsonl(path: Path) -> list[dict]:

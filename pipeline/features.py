@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -38,21 +39,32 @@ class _Piece:
 
 class _DecodedVideos(torch.utils.data.IterableDataset):
     """Decodes videos in DataLoader worker processes, `frames_per_piece` sampled frames at a time, so
-    decoding overlaps the model and memory stays bounded however long a video is. Worker k of n
-    decodes videos k, k + n, ...; each video's pieces arrive in order. For clip backbones
-    (`windows` set) the pieces carry windows of frames instead of frames."""
+    decoding overlaps the model and memory stays bounded however long a video is. A worker takes the
+    next video nobody has taken whenever it finishes one, so one that draws long or large videos does
+    not hold the others up; each video's pieces arrive in order. For clip backbones (`windows` set)
+    the pieces carry windows of frames instead of frames. Iterate it once."""
 
     def __init__(self, videos: list[dict], fps: float, size: int, frames_fps: float | None,
                  frames_per_piece: int, windows: "_WindowShape | None" = None):
         self.videos, self.fps, self.size = videos, fps, size
         self.frames_fps, self.frames_per_piece, self.windows = frames_fps, frames_per_piece, windows
+        self._taken = multiprocessing.Value("l", 0)  # videos taken so far, shared with the workers
 
     def __iter__(self) -> Iterator[_Piece]:
-        worker = torch.utils.data.get_worker_info()
-        mine = self.videos[worker.id :: worker.num_workers] if worker else self.videos
-        for video in mine:
+        for video in self._take_videos():
             pieces = self._pieces(video)
             yield from pieces if self.windows is None else _windowed(pieces, self.windows)
+
+    def _take_videos(self) -> Iterator[dict]:
+        if torch.utils.data.get_worker_info() is None:  # decoding in the main process
+            yield from self.videos
+            return
+        while True:
+            with self._taken.get_lock():
+                index, self._taken.value = self._taken.value, self._taken.value + 1
+            if index >= len(self.videos):
+                return
+            yield self.videos[index]
 
     def _pieces(self, video: dict) -> Iterator[_Piece]:
         try:
@@ -185,6 +197,18 @@ def _single_item(piece: _Piece) -> _Piece:
     return piece
 
 
+def decode_videos(videos: list[dict], visual: dict, frames_fps: float | None = None,
+                  windows: _WindowShape | None = None) -> Iterator[_Piece]:
+    """The decoded pieces of `videos`, sampled as `visual` says, from `visual.num_workers` worker
+    processes (none: in this process). Pieces of different videos interleave as workers deliver them."""
+    decoded = _DecodedVideos(videos, visual["fps"], visual["size"], frames_fps,
+                             frames_per_piece=min(visual["batch_size"], _MAX_FRAMES_PER_PIECE), windows=windows)
+    # in_order=False: a worker's pieces are taken as soon as they are ready, not in turn with the
+    # others', which would pace every worker to the slowest one.
+    return iter(torch.utils.data.DataLoader(decoded, batch_size=None, collate_fn=_single_item,
+                                            num_workers=visual["num_workers"], in_order=False))
+
+
 def _items_per_batch(visual: dict) -> int:
     """visual.batch_size counts frames, so a batch of windows holds about as many frames as one of
     frames (and as much memory)."""
@@ -224,13 +248,9 @@ def extract_visual_features(videos: list[dict], visual: dict, out_path: Path, at
     with FeatureWriter(out_path, {**attrs, "backbone": backbone,
                                   "dim": extractor.dim, "fps": visual["fps"]}) as writer:
         todo = [video for video in videos if not writer.done(video["video_id"])]
-        decoded = _DecodedVideos(todo, visual["fps"], visual["size"], frames_fps,
-                                 frames_per_piece=min(visual["batch_size"], _MAX_FRAMES_PER_PIECE), windows=windows)
-        loader = torch.utils.data.DataLoader(decoded, batch_size=None, collate_fn=_single_item,
-                                             num_workers=visual["num_workers"])
         batcher = _CrossVideoBatcher(extractor, _items_per_batch(visual), pin_memory=extractor.device.type == "cuda")
         with tqdm(total=len(todo), desc="visual features", unit="video") as progress:
-            for piece in loader:
+            for piece in decode_videos(todo, visual, frames_fps, windows):
                 if piece.error is None:
                     batcher.add(piece)
                 else:

@@ -4,6 +4,7 @@ splits, subtitles, and every problem reported with its file and line."""
 import json
 
 import pytest
+from PIL import Image
 from videos import make_testsrc_video
 
 from pipeline.datasets import AnnotationError, read_activitynet, read_charades, read_custom, read_tvr
@@ -18,10 +19,10 @@ def _lines(path, rows):
 
 
 def _frames(folder, n_frames):
-    """A TVQA-style frame folder: 00001.jpg ... (the adapter only counts them)."""
+    """A TVQA-style frame folder: 00001.jpg ... (small grey JPEGs)."""
     folder.mkdir(parents=True)
     for index in range(1, n_frames + 1):
-        (folder / f"{index:05d}.jpg").write_bytes(b"")
+        Image.new("RGB", (32, 24), (index, index, index)).save(folder / f"{index:05d}.jpg")
 
 
 def _problems(manifest):

