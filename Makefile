@@ -5,8 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATASET ?= demo
 SET ?=
+Q ?= a red square moving left
+K ?= 5
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
-.PHONY: setup demo test features train evaluate report clean
+.PHONY: setup demo test features train evaluate explain search serve report clean
 
 setup: $(STAMP)
 
@@ -33,6 +37,19 @@ train: $(STAMP)
 evaluate: $(STAMP)
 	$(BIN)/luigi --module tasks Evaluate --dataset $(DATASET) --set "$(SET)"
 	$(BIN)/python -m tasks --dataset $(DATASET) --set "$(SET)"
+
+# Each stage: complete or not, its folder, and why it will run; FORCE="visual-clip train" reruns those
+# stages and every stage after them.
+explain: $(STAMP)
+	$(BIN)/python -m pipeline.explain --dataset $(DATASET) --set "$(SET)" $(if $(FORCE),--force $(FORCE))
+
+# Search the demo (or DATASET) with its trained model: make search Q="a man in a car"; the index is
+# built on first use. make serve: the search page on http://$(HOST):$(PORT)/.
+search: $(STAMP)
+	$(BIN)/python -m search --dataset $(DATASET) --set "$(SET)" -k $(K) "$(Q)"
+
+serve: $(STAMP)
+	$(BIN)/python -m search serve --dataset $(DATASET) --set "$(SET)" --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
 	$(BIN)/pytest -q

@@ -12,22 +12,49 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from pathlib import Path
 
 import luigi
 
 from amdnet.atomic import write_jsonl_atomic
+from amdnet.metrics import moment_table
 from pipeline.config import ConfigError
 from pipeline.datasets import (
     check_data_files,
     expected_data_files,
+    folder_videos,
     read_dataset,
     read_jsonl,
     resolve_data_root,
 )
 from pipeline.stage import DatasetTask, Stage
 from pipeline.subtitle_files import SUBTITLE_EXTENSIONS
+
+
+class _ConfigErrorAsMessage(logging.Filter):
+    """A bad config reaches the user as its message (file, key path, value), not at the bottom of a
+    Luigi traceback. Luigi logs a ConfigError raised while it parses the command line (creating the
+    root task validates the config) with the exception attached, and one raised while it builds the
+    graph as a formatted traceback; either way only the message is kept. The exit code stays non-zero."""
+
+    _MARKER = f"{ConfigError.__module__}.{ConfigError.__qualname__}: "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        text = record.getMessage()
+        if isinstance(error, ConfigError):
+            message = str(error)
+        elif self._MARKER in text:
+            message = text.split(self._MARKER, 1)[1].rstrip()
+        else:
+            return True
+        record.msg, record.args, record.exc_info, record.exc_text = f"config error: {message}", (), None, None
+        return True
+
+
+logging.getLogger("luigi-interface").addFilter(_ConfigErrorAsMessage())
 
 
 class DemoDataset(Stage):
@@ -50,7 +77,7 @@ class PrepareDataset(Stage):
     listed under ``problems`` in the manifest, each with its file and line.
     """
 
-    stage, version, reads = "dataset", "2", ("data",)
+    stage, version, reads = "dataset", "3", ("data",)
 
     def upstream(self):
         return {"demo": self.clone(DemoDataset)} if self.config["data"]["source"] == "demo" else {}
@@ -71,6 +98,10 @@ class PrepareDataset(Stage):
 
     def _input_files(self) -> list[Path]:
         data = self.config["data"]
+        if data["source"] == "folder":  # the collection is whatever the folder holds now
+            if data["root"] is None:
+                raise ConfigError(f"dataset {self.config['name']!r}: data.source=folder needs data.root, the folder")
+            return folder_videos(self.root)
         files = list(expected_data_files(data, self.root).values())
         if data["format"] == "custom":  # subtitle files sit next to the videos
             files += [path for ext in SUBTITLE_EXTENSIONS for path in sorted((self.root / data["videos"]).glob(f"*{ext}"))]
@@ -90,7 +121,7 @@ class ImportBundle(Stage):
     """Reads the PRVR feature bundle (features.bundle_dir) into our store: it stands in for the dataset
     and every feature stage when ``features.source: bundle``; no video is decoded."""
 
-    stage, version, reads = "bundle", "1", ("features", "data.root")
+    stage, version, reads = "bundle", "2", ("features", "data.root")
 
     @property
     def layout(self):
@@ -136,7 +167,7 @@ class _FeatureStage(Stage):
 class Transcode(_FeatureStage):
     """Re-encodes every video once to a small proxy (visual.transcode) that every visual part decodes."""
 
-    stage, version, reads = "transcode", "1", ("visual.transcode",)
+    stage, version, reads = "transcode", "2", ("visual.transcode",)
 
     def build(self, out_dir):
         from pipeline.visual import transcode_videos
@@ -148,7 +179,7 @@ class VisualPart(Stage):
     """One backbone of the visual recipe: its features at the sampling grid of that backbone."""
 
     part = luigi.Parameter(description="a name under visual.parts")
-    version = "1"
+    version = "2"
 
     @property
     def stage(self) -> str:
@@ -180,7 +211,7 @@ class VisualFeatures(_FeatureStage):
     """The visual recipe's parts on one grid: a single per-frame part as it is, or every part pooled
     onto clips of visual.clip_seconds and concatenated."""
 
-    stage, version, reads = "visual", "3", ("visual.clip_seconds",)
+    stage, version, reads = "visual", "4", ("visual.clip_seconds",)
 
     def upstream(self):
         parts = {f"part-{name}": self.clone(VisualPart, part=name) for name in self.config["visual"]["parts"]}
@@ -211,7 +242,7 @@ class VisualFeatures(_FeatureStage):
 class QueryFeatures(_FeatureStage):
     """Encodes every query with the text encoder: token features and a pooled vector."""
 
-    stage, version, reads = "queries", "1", ("text",)
+    stage, version, reads = "queries", "2", ("text",)
 
     def build(self, out_dir):
         from pipeline.features import encode_queries
@@ -223,7 +254,7 @@ class QueryFeatures(_FeatureStage):
 class SubtitleFeatures(_FeatureStage):
     """Encodes subtitles and pools them onto the visual feature grid (which only depends on timing)."""
 
-    stage, version, reads = "subtitles", "2", ("text", "visual.fps", "visual.clip_seconds")
+    stage, version, reads = "subtitles", "3", ("text", "visual.fps", "visual.clip_seconds")
 
     def build(self, out_dir):
         from pipeline.features import encode_subtitles
@@ -266,10 +297,12 @@ class ExportBundle(Stage):
     """Writes the dataset's features in the PRVR bundle layout, for other PRVR code (MS-SL, GMMFormer,
     AMDNet's reference): <out_dir>/<collection>/{TextData,FeatureData}/."""
 
-    stage, version, reads = "bundle_export", "1", ("features.collection",)
+    stage, version, reads = "bundle_export", "2", ("features.collection",)
 
     def upstream(self):
-        return {"dataset": _manifest_stage(self), **_feature_stages(self)}
+        stages = {"dataset": _manifest_stage(self), **_feature_stages(self)}
+        stages.pop("subtitles", None)  # the bundle format carries video and query features only
+        return stages
 
     def build(self, out_dir):
         from pipeline.bundle import BundleLayout, export_bundle
@@ -283,7 +316,7 @@ class ExportBundle(Stage):
 class Train(Stage):
     """Trains AMDNet on the train split, selecting the epoch with the best validation SumR."""
 
-    stage, version, reads = "train", "1", ("model", "train")
+    stage, version, reads = "train", "2", ("model", "train")
 
     def upstream(self):
         return {"dataset": _manifest_stage(self), **_feature_stages(self)}
@@ -311,8 +344,55 @@ class Evaluate(Stage):
         settings = self.config["evaluate"]
         metrics = evaluate(self.upstream_dir("train") / "best.pt", _feature_files(self),
                            self.upstream_dir("dataset") / "queries.jsonl", settings["split"], out_dir,
-                           chunk_size=settings["chunk_size"], device=settings["device"])
+                           chunk_size=settings["chunk_size"], device=settings["device"],
+                           span_rule=settings["span_rule"])
         return {"metrics": metrics}
+
+
+class Index(Stage):
+    """Encodes every video of a collection once with the trained model: what search/ reads.
+
+    The model comes from the dataset's own config (``--dataset``, ``--set``); the collection is that
+    same config with the ``collection`` overrides on top, e.g. ``data.source=folder data.root=/footage``:
+    its visual (and subtitle) features are extracted with the model's own recipe.
+    """
+
+    stage, version, reads = "index", "1", ("search.split",)
+    collection = luigi.Parameter(default="", description='overrides naming the collection to index, e.g. '
+                                                         '"data.source=folder data.root=/footage"; empty: the dataset')
+
+    def _collection_stage(self, cls) -> Stage:
+        return cls(dataset=self.dataset, set=f"{self.set} {self.collection}".strip())
+
+    def upstream(self):
+        stages = {"train": self.clone(Train), "dataset": self._collection_stage(PrepareDataset),
+                  "visual": self._collection_stage(VisualFeatures)}
+        if self.config["train"]["use_subtitles"]:
+            stages["subtitles"] = self._collection_stage(SubtitleFeatures)
+        return stages
+
+    def build(self, out_dir):
+        from search.index import build_index
+
+        stages, split = self.upstream(), self.config["search"]["split"]
+        videos = self.dataset_videos(split)
+        subtitles = stages.get("subtitles")
+        return build_index(self.upstream_dir("train") / "best.pt", videos, stages["visual"].features,
+                           None if subtitles is None else subtitles.features, stages["dataset"].config["text"],
+                           out_dir, {"stage": self.stage, "fingerprint": self.fingerprint,
+                                     "frame_fps": stages["dataset"].config["data"]["frame_fps"]},
+                           device=self.config["search"]["device"])
+
+    def dataset_videos(self, split: str | None) -> list[dict]:
+        """The collection's videos; with a split, those with queries in it, in Evaluate's order (a
+        folder collection has no splits: all of it)."""
+        folder = self.upstream_dir("dataset")
+        videos = read_jsonl(folder / "videos.jsonl")
+        if split is None or self.upstream()["dataset"].config["data"]["source"] == "folder":
+            return videos
+        by_id = {video["video_id"]: video for video in videos}
+        wanted = dict.fromkeys(q["video_id"] for q in read_jsonl(folder / "queries.jsonl") if q["split"] == split)
+        return [by_id[video_id] for video_id in wanted if video_id in by_id]
 
 
 class Features(DatasetTask, luigi.WrapperTask):
@@ -350,8 +430,8 @@ def report(dataset: str, overrides: str = "") -> str:
         lines.append(f"| R@{k} | {metrics[f'R@{k}']:.1f} | {chance:.1f} |")
     lines += [f"| SumR | {metrics['SumR']:.1f} | |",
               f"| median rank | {metrics['median_rank']:.1f} | {(n_videos + 1) / 2:.1f} |",
-              f"| mean rank | {metrics['mean_rank']:.1f} | {(n_videos + 1) / 2:.1f} |",
-              "", "Outputs:"]
+              f"| mean rank | {metrics['mean_rank']:.1f} | {(n_videos + 1) / 2:.1f} |", ""]
+    lines += moment_table(metrics["moments"], metrics["span_rule"]) + ["", "Outputs:"]
     for task in _graph(evaluate_task):
         lines.append(f"  {task.stage:<14} {os.path.relpath(task.out_dir)}")
     return "\n".join(lines)
@@ -371,7 +451,10 @@ def main() -> None:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--set", default="", help='config overrides, e.g. "train.max_epochs=5"')
     args = parser.parse_args()
-    print(report(args.dataset, args.set))
+    try:
+        print(report(args.dataset, args.set))
+    except ConfigError as err:
+        raise SystemExit(f"config error: {err}") from None
 
 
 if __name__ == "__main__":

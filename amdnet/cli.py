@@ -40,9 +40,9 @@ def apply_overrides(model_config: ModelConfig, train_config: TrainConfig, assign
         config = candidates[0]
         try:
             setattr(config, name, parse_value(text, getattr(config, name)))
+            config.__post_init__()  # ranges and combinations, e.g. "lr must be > 0 (got 0)"
         except ValueError as error:
             raise SystemExit(f"--set {key}: {error}") from error
-        config.__post_init__()
 
 
 def add_feature_arguments(parser: argparse.ArgumentParser):

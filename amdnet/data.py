@@ -3,6 +3,7 @@
 File formats are the project's shared contract (see the common brief):
 video HDF5 `<video_id>` (T, Dv) with attrs `timestamps`, `duration`; query HDF5 `pooled/<cap_id>`
 (Dq,) and `tokens/<cap_id>` (L, Dq); subtitle HDF5 `features/<video_id>` (T, Ds), `mask/<video_id>` (T,).
+Ids are opaque keys: every entry is looked up through `entry_name`, which escapes them as the writers do.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from amdnet.config import FeatureFiles
+from pipeline.store import entry_name
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ class VideoCaptionDataset(Dataset):
         queries = read_queries(queries_path, split)
         with h5py.File(files.video, "r") as video_file:
             self.video_ids = self.videos_with_features(queries, video_file, queries_path)
-            self.num_frames = [video_file[video_id].shape[0] for video_id in self.video_ids]
+            self.num_frames = [video_file[entry_name(video_id)].shape[0] for video_id in self.video_ids]
             self.durations = [self.read_duration(video_file, video_id) for video_id in self.video_ids]
             self.video_dim = self.common_feature_dim(video_file, self.video_ids, files.video)
         wanted = set(self.video_ids)
@@ -110,9 +112,9 @@ class VideoCaptionDataset(Dataset):
 
     def videos_with_features(self, queries: list[dict], video_file: h5py.File, queries_path) -> list[str]:
         video_ids = list(dict.fromkeys(record["video_id"] for record in queries))
-        present = [video_id for video_id in video_ids if video_id in video_file]
+        present = [video_id for video_id in video_ids if entry_name(video_id) in video_file]
         if len(present) < len(video_ids):
-            missing = [video_id for video_id in video_ids if video_id not in video_file]
+            missing = [video_id for video_id in video_ids if entry_name(video_id) not in video_file]
             log.warning("split %r: %d of %d videos of %s have no features in %s and are skipped (e.g. %s)",
                         self.split, len(missing), len(video_ids), queries_path, self.files.video, missing[0])
         if not present:
@@ -120,13 +122,14 @@ class VideoCaptionDataset(Dataset):
         return present
 
     def read_duration(self, video_file: h5py.File, video_id: str) -> float:
-        if "duration" not in video_file[video_id].attrs:
+        attrs = video_file[entry_name(video_id)].attrs
+        if "duration" not in attrs:
             raise KeyError(f"{self.files.video}: dataset {video_id!r} has no 'duration' attribute")
-        return float(video_file[video_id].attrs["duration"])
+        return float(attrs["duration"])
 
     @staticmethod
     def common_feature_dim(h5_group, keys: list[str], path) -> int:
-        dims = {key: h5_group[key].shape[-1] for key in keys}
+        dims = {key: h5_group[entry_name(key)].shape[-1] for key in keys}
         first_key = keys[0]
         for key, dim in dims.items():
             if dim != dims[first_key]:
@@ -140,7 +143,7 @@ class VideoCaptionDataset(Dataset):
             group = query_file[self.query_group]
             cap_ids = [cap_id for captions in self.captions for cap_id in captions]
             for cap_id in cap_ids:
-                if cap_id not in group:
+                if entry_name(cap_id) not in group:
                     raise KeyError(f"{self.files.query}: caption {cap_id!r} missing from group {self.query_group!r}")
             return self.common_feature_dim(group, cap_ids, self.files.query)
 
@@ -148,9 +151,9 @@ class VideoCaptionDataset(Dataset):
         with h5py.File(self.files.subtitle, "r") as subtitle_file:
             for video_id, num_frames in zip(self.video_ids, self.num_frames):
                 for group in ("features", "mask"):
-                    if f"{group}/{video_id}" not in subtitle_file:
+                    if entry_name(video_id, group) not in subtitle_file:
                         raise KeyError(f"{self.files.subtitle}: video {video_id!r} missing from group {group!r}")
-                subtitle_frames = subtitle_file[f"features/{video_id}"].shape[0]
+                subtitle_frames = subtitle_file[entry_name(video_id, "features")].shape[0]
                 if subtitle_frames != num_frames:
                     raise ValueError(f"{self.files.subtitle}: video {video_id!r} has {subtitle_frames} subtitle"
                                      f" samples but {num_frames} visual samples in {self.files.video}")
@@ -175,16 +178,16 @@ class VideoCaptionDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         video_id = self.video_ids[index]
-        frames = self.handle("video")[video_id][()]  # (T, Dv)
+        frames = self.handle("video")[entry_name(video_id)][()]  # (T, Dv)
         item = {"video_index": index, "video_id": video_id, "cap_ids": self.captions[index]}
         if self.use_subtitles:
             subtitles = self.handle("subtitle")
-            frames = np.concatenate([frames, subtitles[f"features/{video_id}"][()]], axis=1)  # (T, Dv+Ds)
-            mask = subtitles[f"mask/{video_id}"][()].astype(np.float32)[:, None]  # (T, 1)
+            frames = np.concatenate([frames, subtitles[entry_name(video_id, "features")][()]], axis=1)  # (T, Dv+Ds)
+            mask = subtitles[entry_name(video_id, "mask")][()].astype(np.float32)[:, None]  # (T, 1)
             item["subtitle_mask"] = torch.from_numpy(bin_clips(mask, self.map_size)[:, 0])  # (N,) fraction
         item["clips"] = torch.from_numpy(bin_clips(frames, self.map_size))  # (N, Dv)
         group = self.handle("query")[self.query_group]
-        item["queries"] = [torch.from_numpy(group[cap_id][()]) for cap_id in self.captions[index]]
+        item["queries"] = [torch.from_numpy(group[entry_name(cap_id)][()]) for cap_id in self.captions[index]]
         return item
 
 

@@ -16,9 +16,10 @@ from amdnet.config import (
     config_from_dict,
     resolve_device,
 )
-from amdnet.data import VideoCaptionDataset, collate_videos_with_captions
-from amdnet.metrics import ranks_from_scores, retrieval_metrics
+from amdnet.data import VideoCaptionDataset, collate_videos_with_captions, read_queries
+from amdnet.metrics import moment_metrics, ranks_from_scores, retrieval_metrics, temporal_iou, top_k_videos
 from amdnet.model import AMDNet
+from amdnet.moments import DEFAULT_SPAN_RULE, SPAN_RULES, clip_spans, moment_spans
 
 TOP_K_PREDICTIONS = 10
 
@@ -33,6 +34,27 @@ class EncodedSplit:
     proposals: torch.Tensor  # (Nv, K, d) unit vectors
     centers: torch.Tensor  # (Nv, K)
     widths: torch.Tensor  # (Nv, K)
+    clip_spans: torch.Tensor  # (Nv, N, 2) fractions of each video covered by each clip
+
+    def spans(self, rule: str, query_index: torch.Tensor, video_index: torch.Tensor) -> torch.Tensor:
+        """(P,) query and (P,) video indices -> (P, 2) [start, end] fractions of the video under `rule`."""
+        return moment_spans(rule, self.queries[query_index], self.clip_features[video_index],
+                            self.proposals[video_index], self.centers[video_index], self.widths[video_index],
+                            clip_spans=self.clip_spans[video_index])
+
+    def check_finite(self, source: Path, dataset: VideoCaptionDataset):
+        """Raises naming a video or caption whose outputs hold NaN or inf (a broken model), so that
+        no NaN score or span is ever ranked or written."""
+        for name in ("queries", "clip_features", "proposals", "centers", "widths"):
+            values = getattr(self, name)
+            bad = ~torch.isfinite(values.flatten(1)).all(dim=1)  # (rows,)
+            if bad.any():
+                first = int(bad.nonzero()[0])
+                item = (f"caption {self.cap_ids[first]!r}" if name == "queries"
+                        else f"video {dataset.video_ids[first]!r}")
+                raise ValueError(f"{source}: the model gives non-finite {name} for {int(bad.sum())} of {len(bad)}"
+                                 f" rows (first: {item}); the checkpoint is broken (e.g. diverged training or a"
+                                 f" degenerate model config), so no scores or spans can be computed")
 
 
 @torch.no_grad()
@@ -52,8 +74,10 @@ def encode_split(model: AMDNet, dataset: VideoCaptionDataset, device: torch.devi
         proposals.append(F.normalize(videos.proposals, dim=-1))
         centers.append(videos.centers)
         widths.append(videos.widths)
+    spans_by_frames = {frames: clip_spans(frames, dataset.map_size) for frames in set(dataset.num_frames)}
+    spans = torch.stack([spans_by_frames[frames] for frames in dataset.num_frames]).to(device)  # (Nv, N, 2)
     return EncodedSplit(torch.cat(queries), torch.cat(relevant).to(device), cap_ids, torch.cat(clips),
-                        torch.cat(proposals), torch.cat(centers), torch.cat(widths))
+                        torch.cat(proposals), torch.cat(centers), torch.cat(widths), spans)
 
 
 def cosine_scores(queries: torch.Tensor, clip_features: torch.Tensor, chunk_size: int) -> torch.Tensor:
@@ -74,9 +98,9 @@ def rank_split(encoded: EncodedSplit, chunk_size: int, top_k: int = 0):
         scores = cosine_scores(encoded.queries[start:start + chunk_size], encoded.clip_features, chunk_size)
         ranks.append(ranks_from_scores(scores, encoded.relevant_video[start:start + chunk_size]))
         if top_k:
-            best = torch.nan_to_num(scores, nan=float("-inf")).topk(top_k, dim=1)
-            top_videos.append(best.indices)
-            top_scores.append(best.values)
+            videos, video_scores = top_k_videos(scores, top_k)
+            top_videos.append(videos)
+            top_scores.append(video_scores)
     if not top_k:
         return torch.cat(ranks), None, None
     return torch.cat(ranks), torch.cat(top_videos), torch.cat(top_scores)
@@ -89,25 +113,41 @@ def split_metrics(model: AMDNet, dataset: VideoCaptionDataset, device: torch.dev
     return retrieval_metrics(ranks.cpu().numpy())
 
 
-def best_moment_spans(encoded: EncodedSplit, query_index: torch.Tensor, video_index: torch.Tensor) -> torch.Tensor:
-    """(P,) query and (P,) video indices -> (P, 2) [start, end] fractions of the video, from the
-    moment whose proposal has the highest cosine with the query."""
-    similarity = (encoded.proposals[video_index] @ encoded.queries[query_index].unsqueeze(-1)).squeeze(-1)  # (P, K)
-    moment = similarity.argmax(dim=1, keepdim=True)  # (P, 1)
-    center = encoded.centers[video_index].gather(1, moment).squeeze(1)  # (P,)
-    width = encoded.widths[video_index].gather(1, moment).squeeze(1)  # (P,)
-    return torch.stack([center - width / 2, center + width / 2], dim=1).clamp(0.0, 1.0)  # (P, 2)
+def moment_quality(encoded: EncodedSplit, dataset: VideoCaptionDataset, ranks: torch.Tensor, queries_path: Path,
+                   chunk_size: int) -> dict:
+    """VCMR metrics of every span rule, over the queries with a ground-truth [start, end].
+
+    A query's top-k holds one span per video, so it has a correct moment in its top k exactly when its
+    own video is ranked <= k and that video's span has the IoU: only (query, own video) spans are needed.
+    """
+    truth_by_cap = {record["cap_id"]: record["ts"] for record in read_queries(queries_path, dataset.split)}
+    with_truth = [q for q, cap_id in enumerate(encoded.cap_ids) if truth_by_cap.get(cap_id) is not None]
+    if not with_truth:
+        return {"n_queries": 0}
+    query_index = torch.tensor(with_truth, device=ranks.device)  # (Nt,)
+    video_index = encoded.relevant_video[query_index]  # (Nt,)
+    durations = torch.tensor(dataset.durations, dtype=torch.float64, device=ranks.device)[video_index]  # (Nt,)
+    truths = torch.tensor([truth_by_cap[encoded.cap_ids[q]] for q in with_truth], dtype=torch.float64,
+                          device=ranks.device)  # (Nt, 2) seconds
+    by_rule = {}
+    for rule in SPAN_RULES:
+        spans = torch.cat([encoded.spans(rule, query_index[start:start + chunk_size],
+                                         video_index[start:start + chunk_size])
+                           for start in range(0, len(with_truth), chunk_size)]).double()  # (Nt, 2)
+        ious = temporal_iou(spans * durations.unsqueeze(1), truths)  # (Nt,), in seconds as predictions show
+        by_rule[rule] = moment_metrics(ranks[query_index].cpu().numpy(), ious.cpu().numpy())
+    return {"n_queries": len(with_truth), "rules": by_rule}
 
 
 def prediction_records(encoded: EncodedSplit, dataset: VideoCaptionDataset, ranks: list[int],
-                       top_videos: torch.Tensor, top_scores: torch.Tensor, chunk_size: int):
+                       top_videos: torch.Tensor, top_scores: torch.Tensor, chunk_size: int, span_rule: str):
     """Yields one predictions.jsonl record per query; spans in seconds of the video."""
     top_k = top_videos.shape[1]
     relevant = encoded.relevant_video.cpu().tolist()
     for start in range(0, len(encoded.cap_ids), chunk_size):
         videos = top_videos[start:start + chunk_size]  # (q, k)
         query_index = torch.arange(start, start + videos.shape[0], device=videos.device).repeat_interleave(top_k)
-        spans = best_moment_spans(encoded, query_index, videos.flatten()).view(-1, top_k, 2).cpu().tolist()
+        spans = encoded.spans(span_rule, query_index, videos.flatten()).view(-1, top_k, 2).cpu().tolist()
         scores = top_scores[start:start + chunk_size].cpu().tolist()
         for offset, (video_row, score_row, span_row) in enumerate(zip(videos.cpu().tolist(), scores, spans)):
             query = start + offset
@@ -127,8 +167,14 @@ def load_model(checkpoint: dict, device: torch.device) -> tuple[AMDNet, TrainCon
 
 
 def evaluate(checkpoint: Path, files: FeatureFiles, queries_path: Path, split: str, out_dir: Path,
-             chunk_size: int = 1024, device: str = "auto") -> dict:
-    """Scores all queries of `split` against all its videos; writes metrics.json and predictions.jsonl."""
+             chunk_size: int = 1024, device: str = "auto", span_rule: str = DEFAULT_SPAN_RULE) -> dict:
+    """Scores all queries of `split` against all its videos; writes metrics.json and predictions.jsonl.
+
+    Predicted spans follow `span_rule` (amdnet/moments.py); metrics["moments"] holds the VCMR
+    metrics of every rule, measured in the same run, and metrics["span_rule"] the one predictions use.
+    """
+    if span_rule not in SPAN_RULES:
+        raise ValueError(f"unknown span rule {span_rule!r}; choose one of {', '.join(SPAN_RULES)}")
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     torch_device = resolve_device(device)
     state = torch.load(checkpoint, map_location=torch_device, weights_only=True)
@@ -139,11 +185,14 @@ def evaluate(checkpoint: Path, files: FeatureFiles, queries_path: Path, split: s
         raise ValueError(f"{checkpoint} expects video/query dims {state['video_dim']}/{state['query_dim']},"
                          f" but {files.video} / {files.query} give {dataset.video_dim}/{dataset.query_dim}")
     encoded = encode_split(model, dataset, torch_device, chunk_size)
+    encoded.check_finite(checkpoint, dataset)
     ranks, top_videos, top_scores = rank_split(encoded, chunk_size, TOP_K_PREDICTIONS)
     metrics = retrieval_metrics(ranks.cpu().numpy())
-    metrics.update(n_queries=len(encoded.cap_ids), n_videos=len(dataset), split=split)
+    metrics.update(n_queries=len(encoded.cap_ids), n_videos=len(dataset), split=split, span_rule=span_rule,
+                   moments=moment_quality(encoded, dataset, ranks, queries_path, chunk_size))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(out_dir / "predictions.jsonl",
-                       prediction_records(encoded, dataset, ranks.cpu().tolist(), top_videos, top_scores, chunk_size))
+                       prediction_records(encoded, dataset, ranks.cpu().tolist(), top_videos, top_scores, chunk_size,
+                                          span_rule))
     write_json_atomic(out_dir / "metrics.json", metrics)
     return metrics

@@ -61,10 +61,16 @@ def relevance_loss(queries: torch.Tensor, proposals: torch.Tensor, global_vector
 
 
 def amdnet_loss(queries: torch.Tensor, videos: VideoEncoding, caption_to_video: torch.Tensor,
-                config: TrainConfig) -> LossTerms:
-    """Weighted total lambda_nce * L_nce + lambda_div * L_div + lambda_rel * L_rel, and its terms."""
+                config: TrainConfig, relevance_queries: torch.Tensor | None = None) -> LossTerms:
+    """Weighted total lambda_nce * L_nce + lambda_div * L_div + lambda_rel * L_rel, and its terms.
+
+    `relevance_queries` (Nq, d), default `queries`: what the relevance loss sees. The trainer passes a
+    second run of the query projection, as the reference does, so each loss gets its own dropout mask.
+    """
+    relevance_queries = queries if relevance_queries is None else relevance_queries
     nce = info_nce_loss(max_dot_scores(queries, videos.clip_features), caption_to_video)
     div = diversity_loss(videos.masks, config.div_target)
-    rel = relevance_loss(queries, videos.proposals, videos.global_vector, caption_to_video, config.rel_margin)
+    rel = relevance_loss(relevance_queries, videos.proposals, videos.global_vector, caption_to_video,
+                         config.rel_margin)
     total = config.lambda_nce * nce + config.lambda_div * div + config.lambda_rel * rel
     return LossTerms(total, nce, div, rel)

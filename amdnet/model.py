@@ -115,7 +115,7 @@ class AMDNet(nn.Module):
         self.video_projection = FeatureProjection(video_dim, d, config.input_dropout)
         self.position_table = nn.Embedding(config.max_positions, d)
         self.video_norm = nn.LayerNorm(d)
-        self.video_dropout = nn.Dropout(config.dropout)
+        self.video_dropout = nn.Dropout(config.input_dropout)  # the reference's rate here, not `dropout`
         self.global_norm = nn.LayerNorm(d)
         self.global_linear = nn.Linear(d, d)
         self.anchor_head = nn.Linear(d, 2 * n_moments)

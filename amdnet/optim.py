@@ -42,10 +42,17 @@ class BertAdam(torch.optim.Optimizer):
         return loss
 
 
+# The reference exempts parameters from weight decay by name: "bias", "LayerNorm.weight" and
+# "LayerNorm.bias". Its LayerNorm before the global-vector linear is named in lower case, so that rule
+# misses its weight, which is decayed. We keep that: it decides whether a run matches the reference.
+DECAYED_LAYER_NORMS = ("global_norm",)
+
+
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weight decay on weights, none on biases and LayerNorm parameters."""
-    no_decay_ids = {id(p) for module in model.modules() if isinstance(module, nn.LayerNorm)
-                    for p in module.parameters(recurse=False)}
+    """Two groups: weight decay on weights (and on the DECAYED_LAYER_NORMS' weights), none on biases
+    and other LayerNorm parameters."""
+    no_decay_ids = {id(module.weight) for name, module in model.named_modules()
+                    if isinstance(module, nn.LayerNorm) and name not in DECAYED_LAYER_NORMS}
     no_decay_ids |= {id(p) for name, p in model.named_parameters() if name.endswith("bias")}
     decayed = [p for p in model.parameters() if id(p) not in no_decay_ids]
     not_decayed = [p for p in model.parameters() if id(p) in no_decay_ids]
@@ -53,15 +60,16 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             {"params": not_decayed, "weight_decay": 0.0}]
 
 
-def warmup_linear_factor(step: int, total_steps: int, warmup_proportion: float) -> float:
-    """Learning-rate multiplier at 1-based `step` of `total_steps`.
+def warmup_linear_factor(update: int, total_updates: int, warmup_proportion: float) -> float:
+    """Learning-rate multiplier of the 1-based `update` of `total_updates`.
 
-    Rises linearly to exactly 1.0 at step == warmup_proportion * total_steps, then falls
-    linearly to exactly 0.0 at step == total_steps.
+    As in the reference, update k is scheduled at progress (k - 1) / total_updates: the first update
+    has factor 0, the factor rises linearly to 1.0 at progress warmup_proportion, then falls linearly
+    towards 0.0 at progress 1, which no update reaches (the last one has 1 / total_updates / (1 - warmup)).
     """
-    if not 1 <= step <= total_steps:
-        raise ValueError(f"step must be in [1, {total_steps}], got {step}")
-    progress = step / total_steps
+    if not 1 <= update <= total_updates:
+        raise ValueError(f"update must be in [1, {total_updates}], got {update}")
+    progress = (update - 1) / total_updates
     if progress < warmup_proportion:
         return progress / warmup_proportion
     return (1.0 - progress) / (1.0 - warmup_proportion)

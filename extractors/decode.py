@@ -25,6 +25,11 @@ Findings about decord 0.6.0 (the wheel installed here) that shape this module:
   call (on one thread, as in decoding workers, that beats copying frames into a batch for one larger
   call); only the small resized frames are kept. Every-frame decoding got about twice as fast.
 
+When decord cannot open or decode a file (a codec its build lacks, such as AV1, or seeking errors),
+the file is read with PyAV instead (`decoder="auto"`, the default): the same frame selection over the
+frame start times PyAV reports, frames converted to RGB by ffmpeg's swscale and rotated by the display
+matrix tag as decord does. Each piece of `iter_decoded_frames` names the decoder that produced it.
+
 Inputs can also be folders of JPEG/PNG frames (TVQA ships 3 fps frames per clip): frame k of the
 folder, in natural name order (`00001.jpg`, `00002.jpg`, ...), is on screen from k / frames_fps
 to (k + 1) / frames_fps, and is sampled, resized and cropped exactly like a video frame.
@@ -32,18 +37,22 @@ to (k + 1) / frames_fps, and is sampled, resized and cropped exactly like a vide
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import av
 import decord
 import imageio_ffmpeg
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger("pipeline")
 
 # decord reports frame times as float32; a grid time that sits exactly on a frame boundary must not
 # fall onto the previous frame because of that rounding.
@@ -55,6 +64,10 @@ _DECORD_LOG_PREFIX_RE = re.compile(r"^\[[\d:]+\]\s+\S+:\d+:\s*")
 _ROTATE_TAG_RE = re.compile(r"^\s*rotate\s*:\s*(-?[\d.]+)\s*$", re.IGNORECASE | re.MULTILINE)
 _FRAME_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _DIGITS_RE = re.compile(r"(\d+)")
+# "auto": decord, then PyAV for a file decord cannot read; a name forces that decoder.
+DECODERS = ("auto", "decord", "pyav")
+_TRANSCODE_HINT = ("if ffmpeg plays the file, re-encode every video once to H.264 with "
+                   "--set visual.transcode.enabled=true")
 
 
 class VideoDecodeError(RuntimeError):
@@ -80,6 +93,7 @@ class VideoInfo:
 class DecodedFrames:
     frames: np.ndarray  # uint8 (N, S, S, 3) when cropped, else (N, h, w, 3); RGB
     timestamps: np.ndarray  # float64 (N,), start time of the source frame used for each sample
+    decoder: str = "decord"  # what read the frames: "decord", "pyav" or "frames" (a folder of images)
 
 
 def sample_times(duration: float, fps: float) -> np.ndarray:
@@ -97,10 +111,10 @@ def sample_times(duration: float, fps: float) -> np.ndarray:
     return np.minimum((np.arange(n_samples) + 0.5) / fps, duration)
 
 
-def probe_video(path: str | Path, frames_fps: float | None = None) -> VideoInfo:
+def probe_video(path: str | Path, frames_fps: float | None = None, decoder: str = "auto") -> VideoInfo:
     """Reads duration, frame count, frame rate, decoded size and the rotation tag of a video file, or
     of a folder of frames shown at `frames_fps` (which folders require)."""
-    source = _open_source(path, frames_fps)
+    source = _open_source(path, frames_fps, decoder)
     first_frame = next(source.frames(np.array([0])))
     return VideoInfo(
         duration=source.duration,
@@ -112,11 +126,11 @@ def probe_video(path: str | Path, frames_fps: float | None = None) -> VideoInfo:
     )
 
 
-def video_duration(path: str | Path, frames_fps: float | None = None) -> float:
+def video_duration(path: str | Path, frames_fps: float | None = None, decoder: str = "auto") -> float:
     """Seconds (end of the last frame) of a video file or a folder of frames shown at `frames_fps`,
     without decoding a frame or running ffmpeg for the rotation tag: ~15x cheaper than `probe_video`,
     which matters when a dataset manifest needs the duration of tens of thousands of videos."""
-    return _open_source(path, frames_fps).duration
+    return _open_source(path, frames_fps, decoder).duration
 
 
 def read_rotation(path: str | Path) -> int:
@@ -145,6 +159,7 @@ def decode_frames(
     crop: bool = True,
     chunk: int = 64,
     frames_fps: float | None = None,
+    decoder: str = "auto",
 ) -> DecodedFrames:
     """Decodes the frames on screen at `times` (seconds), resized so the short side is `short_side`.
 
@@ -153,9 +168,10 @@ def decode_frames(
     are sampled correctly. `path` is a video file, or a folder of frames shown at `frames_fps`.
     Only the needed frames are decoded, `chunk` samples at a time (see `iter_decoded_frames`).
     """
-    pieces = list(iter_decoded_frames(path, times, short_side, crop, chunk, frames_fps))
+    pieces = list(iter_decoded_frames(path, times, short_side, crop, chunk, frames_fps, decoder))
     return DecodedFrames(frames=np.concatenate([piece.frames for piece in pieces]),
-                         timestamps=np.concatenate([piece.timestamps for piece in pieces]))
+                         timestamps=np.concatenate([piece.timestamps for piece in pieces]),
+                         decoder="+".join(dict.fromkeys(piece.decoder for piece in pieces)))
 
 
 def iter_decoded_frames(
@@ -165,6 +181,7 @@ def iter_decoded_frames(
     crop: bool = True,
     chunk: int = 64,
     frames_fps: float | None = None,
+    decoder: str = "auto",
 ) -> Iterator[DecodedFrames]:
     """`decode_frames` in consecutive pieces of at most `chunk` samples, in the order of `times`, so
     memory stays bounded however long the video is. Increasing times read the video once, front to
@@ -174,37 +191,79 @@ def iter_decoded_frames(
         raise ValueError(f"decode_frames needs a non-empty 1-d array of times for {path}, got shape {times.shape}")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    source = _open_source(path, frames_fps)
+    source = _open_source(path, frames_fps, decoder)
+    return _decode_pieces(source, times, short_side, crop, chunk, fall_back=decoder == "auto")
+
+
+def _decode_pieces(source, times: np.ndarray, short_side: int, crop: bool, chunk: int,
+                   fall_back: bool) -> Iterator[DecodedFrames]:
+    start = 0
+    while start < len(times):
+        try:
+            piece = _decode_piece(source, times[start : start + chunk], short_side, crop)
+        except VideoDecodeError as error:
+            if fall_back and isinstance(source, _VideoFile):
+                # decord opened the file but failed part-way (e.g. seeking): PyAV decodes from this piece on.
+                source = _open_pyav_after(error)
+                continue
+            if fall_back and isinstance(source, _PyAVFile) and source.replaces is not None:
+                raise _both_failed(source.replaces, error) from error
+            raise
+        yield piece
+        start += chunk
+
+
+def _decode_piece(source, times: np.ndarray, short_side: int, crop: bool) -> DecodedFrames:
     frame_of_time = np.searchsorted(source.frame_starts, times + _TIMESTAMP_TOLERANCE_S, side="right") - 1
     frame_of_time = np.clip(frame_of_time, 0, len(source.frame_starts) - 1)
-    return _decode_pieces(source, frame_of_time, short_side, crop, chunk)
+    needed_frames, sample_to_needed = np.unique(frame_of_time, return_inverse=True)
+    resized = [_resize(frame, short_side, crop) for frame in source.frames(needed_frames)]
+    frames = torch.stack(resized).numpy()[sample_to_needed]  # (n, S, S, 3)
+    return DecodedFrames(frames=frames, timestamps=source.frame_starts[frame_of_time], decoder=source.name)
 
 
-def _decode_pieces(source, frame_of_time: np.ndarray, short_side: int, crop: bool,
-                   chunk: int) -> Iterator[DecodedFrames]:
-    for start in range(0, len(frame_of_time), chunk):
-        piece_frames = frame_of_time[start : start + chunk]
-        needed_frames, sample_to_needed = np.unique(piece_frames, return_inverse=True)
-        resized = [_resize(frame, short_side, crop) for frame in source.frames(needed_frames)]
-        frames = torch.stack(resized).numpy()[sample_to_needed]  # (n, S, S, 3)
-        yield DecodedFrames(frames=frames, timestamps=source.frame_starts[piece_frames])
-
-
-def _open_source(path: str | Path, frames_fps: float | None):
+def _open_source(path: str | Path, frames_fps: float | None, decoder: str = "auto"):
     path = Path(path)
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
     if path.is_dir():
         return _FrameFolder(path, frames_fps)
-    return _VideoFile(path)
+    if not path.is_file():
+        raise VideoDecodeError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise VideoDecodeError(path, "file is empty")
+    if decoder == "pyav":
+        return _PyAVFile(path)
+    try:
+        return _VideoFile(path)
+    except VideoDecodeError as decord_error:
+        if decoder == "decord":
+            raise
+        return _open_pyav_after(decord_error)
+
+
+def _open_pyav_after(decord_error: VideoDecodeError) -> "_PyAVFile":
+    """The PyAV reader of a file decord failed on; if PyAV fails too, one error with both reasons."""
+    try:
+        source = _PyAVFile(decord_error.path)
+    except VideoDecodeError as pyav_error:
+        raise _both_failed(decord_error, pyav_error) from pyav_error
+    source.replaces = decord_error
+    log.info("%s: decord failed (%s); decoding with PyAV", decord_error.path, decord_error.reason)
+    return source
+
+
+def _both_failed(decord_error: VideoDecodeError, pyav_error: VideoDecodeError) -> VideoDecodeError:
+    return VideoDecodeError(decord_error.path, f"decord: {decord_error.reason}; PyAV: {pyav_error.reason}; "
+                                               f"{_TRANSCODE_HINT}")
 
 
 class _VideoFile:
     """A video file read through decord with one forward-moving cursor."""
 
+    name = "decord"
+
     def __init__(self, path: Path):
-        if not path.is_file():
-            raise VideoDecodeError(path, "file not found")
-        if path.stat().st_size == 0:
-            raise VideoDecodeError(path, "file is empty")
         self.path = path
         self._reader = self._call(decord.VideoReader, "not a readable video", str(path), ctx=decord.cpu(0))
         if len(self._reader) == 0:
@@ -212,6 +271,10 @@ class _VideoFile:
         start_end = self._call(self._reader.get_frame_timestamp, "cannot read frame timestamps",
                                range(len(self._reader)))
         start_end = np.asarray(start_end, dtype=np.float64).reshape(-1, 2)
+        if not _plausible_frame_times(start_end):
+            # e.g. AV_NOPTS_VALUE (~9.2e15 s) for every frame of some low frame rate .mkv files
+            raise VideoDecodeError(path, f"decord reports implausible frame times ({start_end[0, 0]:g} .. "
+                                         f"{start_end[-1, 1]:g} s)")
         self.frame_starts = start_end[:, 0]  # float64 (n_frames,), seconds
         self.duration = float(start_end[-1, 1])
         self.avg_fps = float(self._reader.get_avg_fps())
@@ -248,8 +311,116 @@ class _VideoFile:
             raise VideoDecodeError(self.path, f"{failure} ({_first_line(error)})") from error
 
 
+# Longer than any video (about 116 days): a frame time beyond it is a missing timestamp, not a time.
+_MAX_PLAUSIBLE_SECONDS = 1e7
+
+
+def _plausible_frame_times(start_end: np.ndarray) -> bool:
+    """(n, 2) frame start and end times: finite, from 0 up, in order, and within any real video's length."""
+    starts = start_end[:, 0]
+    return bool(np.all(np.isfinite(start_end)) and starts[0] >= 0 and np.all(np.diff(starts) >= 0)
+                and start_end[-1, 1] >= starts[-1] and start_end[-1, 1] < _MAX_PLAUSIBLE_SECONDS)
+
+
+class _PyAVFile:
+    """A video file read through PyAV (ffmpeg's libraries), for files decord cannot read.
+
+    Frame start times come from the packets' presentation times (demuxed, not decoded), sorted, so
+    frame k is the k-th frame on screen, as in decord. Frames are decoded forward from the nearest
+    keyframe, converted only when requested, and rotated by the display matrix tag like decord's."""
+
+    name = "pyav"
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.replaces: VideoDecodeError | None = None  # decord's error, when PyAV stands in for it
+        with self._opened() as container:
+            stream = self._video_stream(container)
+            packets = [(packet.pts, packet.duration or 0, packet.is_keyframe)
+                       for packet in self._call(container.demux, "cannot read packets", stream)
+                       if packet.pts is not None and packet.size > 0]
+            if not packets:
+                raise VideoDecodeError(path, "video stream has no frames")
+            if stream.frames and len(packets) < stream.frames:  # demuxing stops quietly where data ends
+                raise VideoDecodeError(path, f"truncated: {len(packets)} of the {stream.frames} frames its index "
+                                             f"lists are in the file")
+            packets.sort()
+            self._time_base = stream.time_base
+            self._first_pts = packets[0][0]
+            rate = stream.average_rate or stream.guessed_rate
+            self.avg_fps = float(rate) if rate else 0.0
+        self._pts = np.array([pts for pts, _, _ in packets], dtype=np.int64)
+        self.frame_starts = (self._pts - self._first_pts) * float(self._time_base)  # float64 (n_frames,)
+        last_length = packets[-1][1] * float(self._time_base) or (1 / self.avg_fps if self.avg_fps else 0.0)
+        self.duration = float(self.frame_starts[-1] + last_length)
+        self._keyframes = np.flatnonzero([is_keyframe for _, _, is_keyframe in packets])
+        self._rotation: int | None = None
+
+    def rotation(self) -> int:
+        if self._rotation is None:
+            self._rotation = read_rotation(self.path)
+        return self._rotation
+
+    def frames(self, indices: np.ndarray) -> Iterator[np.ndarray]:
+        """uint8 (H, W, 3) RGB frames for increasing frame indices."""
+        quarter_turns = self.rotation() // 90
+        with self._opened() as container:
+            stream = self._video_stream(container)
+            decoded, position = iter(()), None  # position: index of the next frame `decoded` gives
+            for index in indices:
+                index = int(index)
+                if position is None or index < position or self._keyframe_before(index) > position:
+                    decoded, position = self._decode_from(container, stream, index)
+                while True:
+                    frame = next(decoded, None)
+                    if frame is None:
+                        raise VideoDecodeError(self.path, f"decoding frames failed (frame {index} never came)")
+                    position = int(np.searchsorted(self._pts, frame.pts)) + 1
+                    if position - 1 >= index:
+                        break
+                rgb = self._call(frame.to_ndarray, "converting a frame failed", format="rgb24")  # (H, W, 3)
+                yield np.ascontiguousarray(np.rot90(rgb, k=quarter_turns)) if quarter_turns else rgb
+
+    def _keyframe_before(self, index: int) -> int:
+        return int(self._keyframes[max(0, np.searchsorted(self._keyframes, index, side="right") - 1)])
+
+    def _decode_from(self, container, stream, index: int):
+        """A generator of decoded frames starting at or before `index`, and the index of its first frame."""
+        keyframe = self._keyframe_before(index)
+        self._call(container.seek, "seeking failed", int(self._pts[keyframe]), stream=stream, backward=True)
+
+        def frames_with_pts():
+            for frame in self._call(container.decode, "decoding frames failed", stream):
+                if frame.pts is not None:
+                    yield frame
+
+        return self._guarded(frames_with_pts()), keyframe
+
+    def _guarded(self, frames):
+        try:
+            yield from frames
+        except (av.FFmpegError, ValueError) as error:
+            raise VideoDecodeError(self.path, f"decoding frames failed ({_first_line(error)})") from error
+
+    def _video_stream(self, container):
+        if not container.streams.video:
+            raise VideoDecodeError(self.path, "no video stream")
+        return container.streams.video[0]
+
+    def _opened(self):
+        return self._call(av.open, "not a readable video", str(self.path))
+
+    def _call(self, function, failure: str, *args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except (av.FFmpegError, ValueError) as error:
+            raise VideoDecodeError(self.path, f"{failure} ({_first_line(error)})") from error
+
+
 class _FrameFolder:
     """A folder of JPEG/PNG frames, frame k on screen from k / frames_fps on."""
+
+    name = "frames"
 
     def __init__(self, path: Path, frames_fps: float | None):
         if frames_fps is None or not frames_fps > 0:

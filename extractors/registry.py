@@ -20,6 +20,7 @@ it was trained at for clip backbones, `max_length` for text backbones.
 
 import abc
 import contextlib
+import difflib
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,8 @@ from torchvision.models import Weights
 from tqdm import tqdm
 
 EXTRACTOR_KINDS = ("frames", "clips", "text")
+# File suffixes of weights and checkpoints: a `pretrained` ending so names a file, not a tag.
+_WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 _EXTRACTORS: dict[str, type] = {}
 
@@ -64,9 +67,30 @@ def create_extractor(name: str, **cfg):
     Options are checked before anything heavy (model weights) is loaded, so a typo in a config file
     fails at once with the offending key named.
     """
+    cls = _registered(name)
+    _bind_options(name, cls, cfg)
+    return cls(**cfg)
+
+
+def check_extractor(name: str, kinds: tuple[str, ...] = EXTRACTOR_KINDS, **cfg) -> None:
+    """What can be known about `create_extractor(name, **cfg)` without loading a weight: the name is
+    registered with one of `kinds`, the options exist, and the model names and local files they
+    refer to exist (each backbone's `check_names`). Raises KeyError, TypeError or ValueError naming
+    the problem. Pipelines call it when a config is loaded, before any stage runs."""
+    cls = _registered(name)
+    if cls.kind not in kinds:
+        raise ValueError(f"extractor {name!r} is a {cls.kind} backbone; expected a {' or '.join(kinds)} backbone")
+    _bind_options(name, cls, cfg)
+    cls.check_names(**cfg)
+
+
+def _registered(name: str) -> type:
     if name not in _EXTRACTORS:
         raise KeyError(f"unknown extractor {name!r}; registered extractors: {', '.join(list_extractors())}")
-    cls = _EXTRACTORS[name]
+    return _EXTRACTORS[name]
+
+
+def _bind_options(name: str, cls: type, cfg: dict) -> None:
     signature = inspect.signature(cls)
     accepted = list(signature.parameters)
     for key in cfg:
@@ -76,7 +100,12 @@ def create_extractor(name: str, **cfg):
         signature.bind(**cfg)
     except TypeError as error:
         raise TypeError(f"extractor {name!r}: {error}; it accepts: {', '.join(accepted)}") from None
-    return cls(**cfg)
+
+
+def check_weights_file(pretrained: str | None) -> None:
+    """A `pretrained` that must be None or an existing local file (the default `check_names`)."""
+    if pretrained is not None and not Path(pretrained).is_file():
+        raise ValueError(f"pretrained={pretrained!r}: no such file")
 
 
 @contextlib.contextmanager
@@ -149,6 +178,12 @@ def preprocess_frames(frames: torch.Tensor, recipe: FrameRecipe) -> torch.Tensor
 class _PixelExtractor(abc.ABC):
     """Batching, device placement and autocast shared by frame and clip backbones. Subclasses say
     how to check and normalise one batch of uint8 input and implement `_embed`."""
+
+    @classmethod
+    def check_names(cls, pretrained: str | None = None, **options) -> None:
+        """Raise ValueError when a model name or weights file in the options does not exist (no
+        weights are loaded). Backbones with named weights override it."""
+        check_weights_file(pretrained)
 
     def __init__(self, dim: int, recipe: FrameRecipe, device: torch.device, batch_size: int, progress: bool):
         self.dim = dim
@@ -275,6 +310,10 @@ class TextExtractor(abc.ABC):
     dim: int
     max_length: int
 
+    @classmethod
+    def check_names(cls, **options) -> None:
+        """Raise ValueError when the model named in the options does not exist (nothing is loaded)."""
+
     @abc.abstractmethod
     def encode(self, texts: list[str]) -> list[TextFeatures]:
         """Features for each text, in order."""
@@ -291,6 +330,34 @@ def check_texts(texts: list[str]) -> None:
             raise ValueError(f"text at index {index} is empty")
 
 
+def check_torchvision_names(arch: str, pretrained: str | None) -> None:
+    """`arch` is a torchvision model; `pretrained` is None, an existing file or a weights name of `arch`."""
+    if arch not in torchvision.models.list_models():
+        raise ValueError(unknown_name("torchvision model", arch, torchvision.models.list_models(),
+                                      "torchvision.models.list_models()"))
+    available = torchvision.models.get_model_weights(arch)
+    if pretrained is None or Path(pretrained).is_file() or pretrained in available.__members__:
+        return
+    problem = "no such file" if looks_like_path(pretrained) else "unknown weights name"
+    raise ValueError(f"pretrained={pretrained!r}: {problem}; for {arch!r} it is neither an existing file nor a "
+                     f"torchvision weights name ({', '.join(available.__members__)})")
+
+
+def unknown_name(what: str, name: str, known: list[str], listed_by: str) -> str:
+    """The message for a name not in `known`: the closest known names, not a list of hundreds."""
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    return f"unknown {what} {name!r}; {hint}{listed_by} lists the {len(known)} known ones"
+
+
+def looks_like_path(value: str) -> bool:
+    """Whether a user means `value` as a local file or folder rather than a name in a model registry:
+    it starts like a path (/, ./, ../, ~), has a file suffix, or has more folders than a hub name's
+    "organisation/model"."""
+    return (value.startswith(("/", "./", "../", "~")) or Path(value).suffix in _WEIGHTS_SUFFIXES
+            or value.count("/") > 1)
+
+
 def create_torchvision_model(arch: str, pretrained: str | None, seed: int) -> tuple[torch.nn.Module, Weights]:
     """The torchvision model `arch` in eval mode, and the weights entry whose preprocessing it expects.
 
@@ -298,13 +365,9 @@ def create_torchvision_model(arch: str, pretrained: str | None, seed: int) -> tu
     use), a local state-dict file, or None for random weights seeded with `seed`. For a file or
     random init the preprocessing is that of the architecture's default weights.
     """
+    check_torchvision_names(arch, pretrained)
     available = torchvision.models.get_model_weights(arch)
     if pretrained is not None and not Path(pretrained).is_file():
-        if pretrained not in available.__members__:
-            raise ValueError(
-                f"pretrained={pretrained!r} for {arch!r} is neither an existing file nor a torchvision weights "
-                f"name; its weights names are: {', '.join(available.__members__)}"
-            )
         weights = available[pretrained]
         return torchvision.models.get_model(arch, weights=weights).eval(), weights
     with seeded_random_init(seed):

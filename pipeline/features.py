@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import multiprocessing
+import os
+import signal
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -23,6 +29,10 @@ log = logging.getLogger("pipeline")
 _TEXT_CHUNK = 256  # texts per encoder call: bounds memory and keeps the progress bar moving
 # Sampled frames a decoding worker sends at once (~10 MB at 224 x 224): bounds the memory of long videos.
 _MAX_FRAMES_PER_PIECE = 64
+# A video whose samples show fewer distinct frames than this share of them is sampled above its frame
+# rate (25 fps from 3 fps frames: 12%); a little under 1 leaves 24 fps sampled at 25 fps unremarked.
+_DISTINCT_FRAMES_WARNING = 0.8
+_LISTED_VIDEOS = 3  # videos named in a warning; the rest are counted
 
 
 @dataclass
@@ -35,6 +45,8 @@ class _Piece:
     timestamps: np.ndarray | None = None  # float64 (n,)
     last: bool = False
     error: str | None = None
+    source_frames: int | None = None  # on the last piece: distinct source frames among the video's samples
+    decoder: str | None = None  # what decoded the frames: "decord", "pyav" (where decord could not) or "frames"
 
 
 class _DecodedVideos(torch.utils.data.IterableDataset):
@@ -72,8 +84,14 @@ class _DecodedVideos(torch.utils.data.IterableDataset):
             pieces = iter_decoded_frames(video["path"], times, short_side=self.size,
                                          chunk=self.frames_per_piece, frames_fps=self.frames_fps)
             last_index = (len(times) - 1) // self.frames_per_piece
+            distinct, previous = 0, None  # source frames used so far; the start time of the last one
             for index, piece in enumerate(pieces):
-                yield _Piece(video, piece.frames, piece.timestamps, last=index == last_index)
+                starts = piece.timestamps
+                distinct += int(np.count_nonzero(np.diff(starts))) + int(previous is None or starts[0] != previous)
+                previous = starts[-1]
+                last = index == last_index
+                yield _Piece(video, piece.frames, piece.timestamps, last=last, source_frames=distinct if last else None,
+                             decoder=piece.decoder)
         except VideoDecodeError as err:
             yield _Piece(video, error=str(err))
 
@@ -106,7 +124,8 @@ def _windowed(pieces: Iterator[_Piece], shape: _WindowShape) -> Iterator[_Piece]
         starts = np.arange(n_windows) * shape.stride
         index = starts[:, None] + np.arange(shape.length)  # (n, length)
         if n_windows or piece.last:
-            yield _Piece(piece.video, frames[index], times[index].mean(axis=1), last=piece.last)
+            yield _Piece(piece.video, frames[index], times[index].mean(axis=1), last=piece.last,
+                         source_frames=piece.source_frames, decoder=piece.decoder)
         frames, times = frames[n_windows * shape.stride:], times[n_windows * shape.stride:]
 
 
@@ -197,6 +216,29 @@ def _single_item(piece: _Piece) -> _Piece:
     return piece
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def exit_with_parent(parent_pid: int, worker_id: int = 0) -> None:
+    """Worker start-up: this process exits when ``parent_pid`` does, however it dies (kill -9, the OOM
+    killer), instead of decoding on as an orphan. Linux kills it at once (prctl PR_SET_PDEATHSIG);
+    elsewhere a thread checks every second whether the parent is still there."""
+    try:
+        needs_watcher = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0
+    except (OSError, AttributeError):  # no prctl: not Linux
+        needs_watcher = True
+    if os.getppid() != parent_pid:  # the parent died before the prctl took effect
+        os._exit(1)
+    if needs_watcher:
+        threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    os._exit(1)
+
+
 def decode_videos(videos: list[dict], visual: dict, frames_fps: float | None = None,
                   windows: _WindowShape | None = None) -> Iterator[_Piece]:
     """The decoded pieces of `videos`, sampled as `visual` says, from `visual.num_workers` worker
@@ -206,7 +248,8 @@ def decode_videos(videos: list[dict], visual: dict, frames_fps: float | None = N
     # in_order=False: a worker's pieces are taken as soon as they are ready, not in turn with the
     # others', which would pace every worker to the slowest one.
     return iter(torch.utils.data.DataLoader(decoded, batch_size=None, collate_fn=_single_item,
-                                            num_workers=visual["num_workers"], in_order=False))
+                                            num_workers=visual["num_workers"], in_order=False,
+                                            worker_init_fn=functools.partial(exit_with_parent, os.getpid())))
 
 
 def _items_per_batch(visual: dict) -> int:
@@ -218,17 +261,23 @@ def _items_per_batch(visual: dict) -> int:
 
 
 def _create_extractor(visual: dict):
-    """The part's backbone; only the options that kind of backbone has are passed."""
+    """The part's backbone."""
+    name, options = visual_extractor_options(visual)
+    extractor = create_extractor(name, **options)
+    if extractor.kind == "text":
+        raise ValueError(f"visual backbone {visual['backbone']!r} is a text encoder")
+    return extractor
+
+
+def visual_extractor_options(visual: dict) -> tuple[str, dict]:
+    """The part's backbone name and its options: only those that kind of backbone has."""
     options = {"pretrained": visual["pretrained"], "seed": visual["seed"], "device": visual["device"],
                "batch_size": _items_per_batch(visual)}
     if visual["model"] is not None:  # backbones with one architecture (resnet152, i3d) have no `model`
         options["model"] = visual["model"]
     if visual["backbone"] in list_extractors("clips"):
         options["clip_len"] = visual["clip_len"]
-    extractor = create_extractor(visual["backbone"], **options)
-    if extractor.kind == "text":
-        raise ValueError(f"visual backbone {visual['backbone']!r} is a text encoder")
-    return extractor
+    return visual["backbone"], options
 
 
 def extract_visual_features(videos: list[dict], visual: dict, out_path: Path, attrs: dict,
@@ -244,15 +293,22 @@ def extract_visual_features(videos: list[dict], visual: dict, out_path: Path, at
     windows = _WindowShape(visual["clip_len"], visual["clip_stride"] or visual["clip_len"]) \
         if extractor.kind == "clips" else None
     failures: dict[str, str] = {}
+    decoders: dict[str, str] = {}  # video id -> "pyav": videos (some of) whose frames decord could not decode
     backbone = ":".join(name for name in (visual["backbone"], visual["model"]) if name)
     with FeatureWriter(out_path, {**attrs, "backbone": backbone,
                                   "dim": extractor.dim, "fps": visual["fps"]}) as writer:
         todo = [video for video in videos if not writer.done(video["video_id"])]
+        _log_resume(attrs["stage"], len(videos) - len(todo), len(videos), "videos")
         batcher = _CrossVideoBatcher(extractor, _items_per_batch(visual), pin_memory=extractor.device.type == "cuda")
+        source_frames: dict[str, int] = {}
         with tqdm(total=len(todo), desc="visual features", unit="video") as progress:
             for piece in decode_videos(todo, visual, frames_fps, windows):
                 if piece.error is None:
                     batcher.add(piece)
+                    if piece.decoder == "pyav":
+                        decoders[piece.video["video_id"]] = piece.decoder
+                    if piece.last:
+                        source_frames[piece.video["video_id"]] = piece.source_frames
                 else:
                     _record_failure(failures, piece.video["video_id"], piece.error)
                     batcher.drop(piece.video["video_id"])
@@ -260,10 +316,34 @@ def extract_visual_features(videos: list[dict], visual: dict, out_path: Path, at
                 _write_finished(batcher, writer, progress)
             batcher.flush()
             _write_finished(batcher, writer, progress)
+        _warn_repeated_frames(attrs["stage"], todo, source_frames, visual["fps"])
         _check_failures(failures, len(videos), visual["max_failed_fraction"])
         writer.finish()
     return {"inputs": {"videos": len(videos), "resumed": len(videos) - len(todo)},
-            "failures": failures, "dim": extractor.dim}
+            "failures": failures, "decoders": decoders, "dim": extractor.dim}
+
+
+def _log_resume(stage: str, done: int, total: int, unit: str) -> None:
+    if done:
+        log.info("resuming %s: %d of %d %s already done", stage, done, total, unit)
+
+
+def _warn_repeated_frames(stage: str, videos: list[dict], source_frames: dict[str, int], fps: float) -> None:
+    """Sampling a video above its own frame rate repeats its frames (25 fps clips from TVQA's 3 fps
+    frame folders): allowed, but rarely meant, so it is said, naming the videos and their rates."""
+    repeating = {}
+    for video in videos:
+        samples = len(sample_times(video["duration"], fps))
+        used = source_frames.get(video["video_id"])
+        if used is not None and used < _DISTINCT_FRAMES_WARNING * samples:
+            repeating[video["video_id"]] = fps * used / samples
+    if not repeating:
+        return
+    listed = ", ".join(f"{vid} (about {rate:.3g} fps)" for vid, rate in list(repeating.items())[:_LISTED_VIDEOS])
+    more = f" and {len(repeating) - _LISTED_VIDEOS} more" if len(repeating) > _LISTED_VIDEOS else ""
+    log.warning("%s samples %g fps, but %d of %d videos have fewer frames per second, so their frames are "
+                "repeated: %s%s. Set this part's fps (visual.parts.<name>.fps) to their rate to use each frame "
+                "once.", stage, fps, len(repeating), len(videos), listed, more)
 
 
 def _write_finished(batcher: _CrossVideoBatcher, writer: FeatureWriter, progress: tqdm) -> None:
@@ -284,27 +364,34 @@ def _check_failures(failures: dict[str, str], total: int, max_fraction: float) -
                           f"visual.max_failed_fraction={max_fraction}):\n{listing}")
 
 
-def _text_encoder(text: dict):
+def text_encoder(text: dict):
+    name, options = text_encoder_options(text)
+    return create_extractor(name, **options)
+
+
+def text_encoder_options(text: dict) -> tuple[str, dict]:
+    """The text encoder's name and its options."""
     options = {"model": text["model"], "device": text["device"], "batch_size": text["batch_size"]}
     if text["encoder"] == "clip-text":
         options.update(pretrained=text["pretrained"], seed=text["seed"])
     else:
         options.update(layer=text["layer"], max_length=text["max_length"],
                        strip_special_tokens=text["strip_special_tokens"])
-    return create_extractor(text["encoder"], **options)
+    return text["encoder"], options
 
 
 def encode_queries(queries: list[dict], text: dict, out_path: Path, attrs: dict) -> dict:
     """Token features (L, D) and a pooled vector (D,) per caption id."""
-    encoder = _text_encoder(text)
+    encoder = text_encoder(text)
     with FeatureWriter(out_path, {**attrs, "model": text["model"], "dim": encoder.dim,
                                   "layer": text["layer"]}) as writer:
-        todo = [query for query in queries if not writer.done(f"pooled/{query['cap_id']}")]
+        todo = [query for query in queries if not writer.done(query["cap_id"], group="pooled")]
+        _log_resume(attrs["stage"], len(queries) - len(todo), len(queries), "queries")
         for start in tqdm(range(0, len(todo), _TEXT_CHUNK), desc="query features", unit="chunk"):
             chunk = todo[start:start + _TEXT_CHUNK]
             for query, features in zip(chunk, encoder.encode([q["text"] for q in chunk])):
-                writer.write(f"tokens/{query['cap_id']}", features.tokens)
-                writer.write(f"pooled/{query['cap_id']}", features.pooled)
+                writer.write(query["cap_id"], features.tokens, group="tokens")
+                writer.write(query["cap_id"], features.pooled, group="pooled")
         writer.finish()
     return {"inputs": {"queries": len(queries)}, "dim": encoder.dim}
 
@@ -314,20 +401,20 @@ def encode_subtitles(videos: list[dict], subtitles: list[dict], text: dict, visu
     """Subtitle token features max-pooled onto each video's visual feature grid, with a mask."""
     from pipeline.visual import feature_grid
 
-    encoder = _text_encoder(text)
+    encoder = text_encoder(text)
     sentences_of = {entry["video_id"]: entry["sub"] for entry in subtitles}
     with FeatureWriter(out_path, {**attrs, "model": text["model"], "dim": encoder.dim,
                                   "layer": text["layer"]}) as writer:
-        for video in tqdm(videos, desc="subtitle features", unit="video"):
-            if writer.done(f"mask/{video['video_id']}"):
-                continue
+        todo = [video for video in videos if not writer.done(video["video_id"], group="mask")]
+        _log_resume(attrs["stage"], len(videos) - len(todo), len(videos), "videos")
+        for video in tqdm(todo, desc="subtitle features", unit="video"):
             sentences = [s for s in sentences_of.get(video["video_id"], []) if s["text"].strip()]
             encoded = encoder.encode([s["text"] for s in sentences]) if sentences else []
             timestamps, rate = feature_grid(video["duration"], visual)
             features, mask = pool_subtitles([(s["start"], s["end"], e.tokens) for s, e in zip(sentences, encoded)],
                                             timestamps, rate, encoder.dim)
-            writer.write(f"features/{video['video_id']}", features, timestamps=timestamps)
-            writer.write(f"mask/{video['video_id']}", mask)
+            writer.write(video["video_id"], features, group="features", timestamps=timestamps)
+            writer.write(video["video_id"], mask, group="mask")
         writer.finish()
     with_subtitles = sum(1 for video in videos if sentences_of.get(video["video_id"]))
     return {"inputs": {"videos": len(videos), "videos_with_subtitles": with_subtitles}, "dim": encoder.dim}

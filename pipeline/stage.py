@@ -5,24 +5,44 @@ values the stage reads (minus those that cannot change results), the stage's cod
 fingerprints of the stages it requires; so editing a config reruns exactly the stale stages, and
 switching back finds the earlier outputs. ``manifest.json`` is written last: its presence is what marks a
 stage complete.
+
+A stage folder has one writer at a time: ``run`` holds ``stage_lock`` on it for the whole build, so a
+second process for the same folder waits, then finds the first one's output (or, if the first one
+died, resumes its partial files). The folder's name comes from the config, so it is confined to the
+workdir (``pipeline.paths``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
+import os
 import platform
+import signal
+import socket
+import sys
+import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import luigi
 
 from amdnet.atomic import write_json_atomic
-from pipeline.config import load_config, result_subset
+from pipeline.config import ConfigError, load_config, result_subset
+from pipeline.paths import UnsafePathError, confined, plain_name
+
+log = logging.getLogger("pipeline")
+
+LOCK_FILE = ".lock"  # in each stage folder; its content says who holds the lock, the lock is the OS's
+_LOCK_POLL_S = 0.5
+_LOCK_REPORT_EVERY_S = 60.0
 
 _RECORDED_LIBRARIES = ("torch", "torchvision", "decord", "open_clip_torch", "transformers", "h5py",
                        "numpy", "luigi")
@@ -30,6 +50,81 @@ _RECORDED_LIBRARIES = ("torch", "torchvision", "decord", "open_clip_torch", "tra
 
 class StageFailed(RuntimeError):
     """A stage could not produce a trustworthy output (e.g. too many inputs failed)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived during a build. A KeyboardInterrupt, so Luigi stops instead of running on, and
+    every ``with`` block on the way out closes its files: partial outputs stay resumable."""
+
+
+@contextmanager
+def stage_lock(folder: Path) -> Iterator[None]:
+    """Holds an exclusive OS lock on ``folder`` for the block: one writer per folder, across processes.
+
+    The lock is flock(2) on ``<folder>/.lock``, so the kernel drops it when its holder exits, however
+    it exits (kill -9 and the OOM killer included): a lock file left behind blocks nobody. Its content
+    (pid, host, command, start time) only tells a waiting process, which logs it, who holds the lock.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by exec'd children
+    try:
+        _wait_for_lock(descriptor, path)
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+                  "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, (json.dumps(holder) + "\n").encode(), 0)
+        yield
+        os.ftruncate(descriptor, 0)  # released: nobody holds it
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def lock_holder(folder: Path) -> str:
+    """Who holds (or last held) the lock of ``folder``, as its lock file says."""
+    try:
+        holder = json.loads((Path(folder) / LOCK_FILE).read_text())
+        return f"pid {holder['pid']} on {holder['host']} since {holder['since']}: {holder['command']}"
+    except (OSError, ValueError, KeyError, TypeError):  # not written yet, or being rewritten
+        return "a process that has not said who it is yet"
+
+
+def _wait_for_lock(descriptor: int, path: Path) -> None:
+    started = reported = None
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            now = time.monotonic()
+            if reported is None or now - reported >= _LOCK_REPORT_EVERY_S:
+                started, reported = started or now, now
+                log.warning("%s is being written by another process (%s); waiting for it to finish",
+                            path.parent, lock_holder(path.parent))
+            time.sleep(_LOCK_POLL_S)
+            continue
+        if started is not None:
+            log.warning("%s: the other process is done after %.0f s; going on", path.parent,
+                        time.monotonic() - started)
+        return
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises Terminated in the block (once; a second SIGTERM kills as usual)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        yield
+        return
+
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated(f"SIGTERM (pid {os.getpid()}): stopping; partial outputs are kept for a rerun")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def hash_payload(payload: dict) -> str:
@@ -52,6 +147,12 @@ class DatasetTask(luigi.Task):
 
     dataset = luigi.Parameter(description="a config name from configs/ or a path to a YAML file")
     set = luigi.Parameter(default="", description='config overrides, e.g. "visual.fps=2 train.lr=1e-4"')
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # A bad config fails as the task is created (for the root task: as Luigi parses the command
+        # line), before any graph is built; tasks.py turns the ConfigError into its message alone.
+        load_config(self.dataset, self.set)
 
     @cached_property
     def config(self) -> dict:
@@ -83,7 +184,13 @@ class Stage(DatasetTask):
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.config["workdir"]) / self.config["name"] / self.stage / self.fingerprint
+        """``<workdir>/<name>/<stage>/<fingerprint>``; ``name`` must be one folder name inside workdir."""
+        try:
+            return confined(self.config["workdir"],
+                            Path(plain_name(self.config["name"])) / plain_name(self.stage) / self.fingerprint)
+        except UnsafePathError as err:
+            raise ConfigError(f"{self.dataset}: the output folder of stage {self.stage!r} (from 'name' "
+                              f"{self.config['name']!r}): {err}") from None
 
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(str(self.out_dir / "manifest.json"))
@@ -92,7 +199,13 @@ class Stage(DatasetTask):
         return self.upstream()[name].out_dir
 
     def run(self) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with stage_lock(self.out_dir), _sigterm_raises():
+            if self.complete():  # another process built it while this one waited for the lock
+                log.warning("%s: built meanwhile by another process; using its output", self.out_dir)
+                return
+            self._build_and_record()
+
+    def _build_and_record(self) -> None:
         started = datetime.now(timezone.utc)
         clock = time.perf_counter()
         report = self.build(self.out_dir)

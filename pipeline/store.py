@@ -4,6 +4,9 @@ A feature file appears under its final name only when it is complete. It is buil
 ``<name>.partial`` file that a rerun resumes (entries are marked complete only after their data is
 written), then renamed; an interrupted run therefore never leaves a file that looks finished.
 Readers (``amdnet.data``) open the published files lazily, once per process.
+
+Entries are named by ``entry_name``: an id (a video id, a caption id) is an opaque key, escaped so
+that no id can create a nested group or name another entry; writers and readers all go through it.
 """
 
 from __future__ import annotations
@@ -15,14 +18,26 @@ from typing import Any
 import h5py
 import numpy as np
 
+from pipeline.paths import opaque_name
+
 _COMPLETE = "_complete"
+
+
+class FeatureFileBusy(RuntimeError):
+    """Another process has the feature file open: it is in use, not corrupt."""
+
+
+def entry_name(entry_id: str, group: str | None = None) -> str:
+    """The HDF5 name of an id's entry, e.g. ``tokens/<escaped cap_id>``; ``group`` is ours, never data."""
+    name = opaque_name(str(entry_id))
+    return name if group is None else f"{group}/{name}"
 
 
 class FeatureWriter:
     """Builds one HDF5 feature file entry by entry; resumable after a crash.
 
     Use as a context manager; call ``finish()`` once every entry is written to publish the file.
-    Keys may be nested with '/', e.g. ``tokens/<cap_id>``.
+    Entries are addressed by id and an optional group (``write(cap_id, tokens, group="tokens")``).
     """
 
     def __init__(self, final: Path, attrs: dict[str, Any]):
@@ -45,6 +60,10 @@ class FeatureWriter:
     def _open_partial(self) -> h5py.File:
         try:
             file = h5py.File(self.partial, "a")
+        except BlockingIOError:
+            # HDF5's own file lock: a file another process holds is in use, never corrupt.
+            raise FeatureFileBusy(f"{self.partial} is open in another process (HDF5 file lock); not "
+                                  f"touching it") from None
         except OSError:
             # A kill during a write can leave the partial file unreadable: start it over.
             self.partial.unlink(missing_ok=True)
@@ -60,10 +79,12 @@ class FeatureWriter:
         for name in incomplete:
             del file[name]
 
-    def done(self, key: str) -> bool:
+    def done(self, entry_id: str, group: str | None = None) -> bool:
+        key = entry_name(entry_id, group)
         return key in self._file and bool(self._file[key].attrs.get(_COMPLETE))
 
-    def write(self, key: str, data: np.ndarray, **attrs: Any) -> None:
+    def write(self, entry_id: str, data: np.ndarray, group: str | None = None, **attrs: Any) -> None:
+        key = entry_name(entry_id, group)
         if key in self._file:
             del self._file[key]
         dataset = self._file.create_dataset(key, data=data)

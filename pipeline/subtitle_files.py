@@ -3,13 +3,15 @@
 Both are blocks separated by blank lines; a block holds an optional cue id, one timing line
 ``start --> end`` and the text lines. SRT writes ``00:01:02,500``; WebVTT ``00:01:02.500`` or
 ``01:02.500`` and may add cue settings after the end time. Markup such as ``<i>`` or ``<v Bob>`` is
-dropped. A malformed timing line is reported with its file and line number.
+dropped. A malformed timing line, or a file that is not UTF-8, is reported with its file and line number.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+from pipeline.text_files import text_lines
 
 SUBTITLE_EXTENSIONS = (".srt", ".vtt")
 
@@ -27,7 +29,7 @@ class SubtitleFileError(ValueError):
 def read_subtitle_file(path: Path) -> list[dict]:
     """The sentences of an .srt or .vtt file: [{"text", "start", "end"}] in seconds, in file order."""
     path = Path(path)
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    lines = text_lines(path, SubtitleFileError)
     sentences = []
     for first_line_no, block in _blocks(lines):
         if block[0].strip().startswith(_VTT_NON_CUE_PREFIXES):

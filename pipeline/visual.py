@@ -3,7 +3,8 @@
 A recipe has one or more named parts (``visual.parts``), each a backbone extracted by its own stage.
 With ``visual.clip_seconds`` null the single part's per-frame features are used as they are (AMDNet's
 reference inputs); with a clip length every part is pooled onto the same clip grid and the parts are
-concatenated, each L2-normalised (the TVR recipe: ResNet-152 max-pooled + I3D mean-pooled over 1.5 s).
+concatenated, each L2-normalised when there are several (the TVR recipe: ResNet-152 max-pooled + I3D
+mean-pooled over 1.5 s); a single part keeps its backbone's scale, as the reference's inputs do.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from tqdm import tqdm
 from amdnet.atomic import write_jsonl_atomic
 from extractors.decode import sample_times
 from extractors.pooling import clip_grid, concat_feature_parts, pool_frames_to_clips
-from pipeline.store import FeatureWriter
+from pipeline.paths import confined, opaque_name
+from pipeline.store import FeatureWriter, entry_name
 
 _EXTRACTION_SETTINGS = ("batch_size", "num_workers", "device", "max_failed_fraction")
 
@@ -43,7 +45,7 @@ def combine_parts(videos: list[dict], parts: dict[str, tuple[Path, str]], clip_s
     ``parts`` maps name -> (features file, pool mode)."""
     files = {name: h5py.File(path, "r") for name, (path, _) in parts.items()}
     try:
-        complete = [v for v in videos if all(v["video_id"] in f for f in files.values())]
+        complete = [v for v in videos if all(entry_name(v["video_id"]) in f for f in files.values())]
         dims = {name: next(iter(f.values())).shape[1] for name, f in files.items() if len(f)}
         with FeatureWriter(out_path, {**attrs, "parts": list(parts), "dim": sum(dims.values()),
                                       "backbone": "+".join(f.attrs["backbone"] for f in files.values())}) as writer:
@@ -60,9 +62,9 @@ def combine_parts(videos: list[dict], parts: dict[str, tuple[Path, str]], clip_s
 
 def _combined(video: dict, files: dict[str, h5py.File], parts: dict[str, tuple[Path, str]],
               clip_seconds: float) -> tuple[np.ndarray, np.ndarray]:
-    video_id = video["video_id"]
+    key = entry_name(video["video_id"])
     spans = clip_grid(video["duration"], clip_seconds)  # (C, 2)
-    pooled = [pool_frames_to_clips(f[video_id][()], f[video_id].attrs["timestamps"], spans, parts[name][1])
+    pooled = [pool_frames_to_clips(f[key][()], f[key].attrs["timestamps"], spans, parts[name][1])
               for name, f in files.items()]  # each (C, D_part)
     features = concat_feature_parts(pooled) if len(pooled) > 1 else pooled[0]
     return features, spans.mean(axis=1)
@@ -76,7 +78,7 @@ def transcode_videos(videos: list[dict], visual: dict, out_dir: Path) -> dict:
     settings = visual["transcode"]
     failures, proxies = {}, []
     for video in tqdm(videos, desc="transcode", unit="video"):
-        proxy = out_dir / "videos" / f"{video['video_id']}.mp4"
+        proxy = confined(out_dir / "videos", f"{opaque_name(video['video_id'])}.mp4")  # one file per id
         try:
             if not proxy.exists():
                 transcode_proxy(video["path"], proxy, fps=settings["fps"], short_side=settings["short_side"])

@@ -5,7 +5,7 @@ import json
 
 import pytest
 from PIL import Image
-from videos import make_testsrc_video
+from videos import make_testsrc_video, run_ffmpeg
 
 from pipeline.datasets import AnnotationError, read_activitynet, read_charades, read_custom, read_tvr
 from pipeline.subtitle_files import SubtitleFileError, read_subtitle_file
@@ -25,6 +25,13 @@ def _frames(folder, n_frames):
         Image.new("RGB", (32, 24), (index, index, index)).save(folder / f"{index:05d}.jpg")
 
 
+def make_vp9_video(path, seconds, fps, size=(32, 24)):
+    """ffmpeg's testsrc as VP9 in WebM, as ActivityNet's YouTube downloads often are."""
+    run_ffmpeg("-f", "lavfi", "-i", f"testsrc=size={size[0]}x{size[1]}:rate={fps}:duration={seconds}",
+               "-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", str(path))
+    return path
+
+
 def _problems(manifest):
     return [(p["problem"], p["file"].rsplit("/", 1)[-1], p["line"], p["action"]) for p in manifest.problems]
 
@@ -40,7 +47,7 @@ def tvr(tmp_path):
     videos = tmp_path / "videos"
     _frames(videos / "house_s01e01_seg02_clip_00", 60)  # 20 s at 3 fps
     _frames(videos / "friends_s01e03_seg02_clip_19", 30)
-    (videos / "bbt_s02e01_seg01_clip_03.mp4").write_bytes(b"")  # a video file is found as well as a folder
+    make_testsrc_video(videos / "bbt_s02e01_seg01_clip_03.mp4", seconds=8, fps=5, size=(32, 24))  # a file, too
     train = _lines(tmp_path / "tvr_train_release.jsonl", [
         _tvr_query(11, "house_s01e01_seg02_clip_00"),
         _tvr_query(12, "house_s01e01_seg02_clip_00", ts=(15.0, 25.0)),   # line 2: past the 20 s video
@@ -103,8 +110,10 @@ def test_tvr_problem_set_to_fail_names_file_and_line(tvr, problem, line, message
 def test_activitynet_caption_ids_durations_and_problem_lines(tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()
-    for name in ("v_QOlSCBRmfWY.mp4", "v_ehGHCYKzyZ8.webm", "v_nwznKOuZM7w.mkv"):
-        (videos / name).write_bytes(b"")  # durations come from the annotations: nothing is decoded
+    # Annotated durations are checked against the videos (within data.duration_tolerance, 1 s).
+    make_testsrc_video(videos / "v_QOlSCBRmfWY.mp4", seconds=83, fps=1, size=(32, 24))
+    make_vp9_video(videos / "v_ehGHCYKzyZ8.webm", seconds=62, fps=1)
+    make_testsrc_video(videos / "v_nwznKOuZM7w.mkv", seconds=30, fps=1, size=(32, 24))
     train = tmp_path / "train.json"
     train.write_text(json.dumps({  # indented, so each video key has its own line
         "v_QOlSCBRmfWY": {"duration": 82.73, "timestamps": [[0.83, 19.86], [17.37, 60.81], [56.26, 79.42]],

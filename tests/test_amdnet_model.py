@@ -122,3 +122,14 @@ def test_standardized_video_inputs_use_the_stored_statistics():
         torch.testing.assert_close(model.encode_videos(clips).clip_features,
                                    reference.encode_videos((clips - mean) / std).clip_features)
     assert {"video_mean", "video_std"} <= set(model.state_dict())  # checkpoints carry them
+
+
+def test_dropout_after_position_embedding_uses_the_input_dropout_rate():
+    """The reference drops LayerNorm(x + P) at the input-dropout rate, not at the dropout rate."""
+    model = AMDNet(ModelConfig(hidden_size=16, input_dropout=0.0, dropout=0.9), video_dim=6, query_dim=5).train()
+    seen = []
+    model.video_dropout.register_forward_hook(lambda module, inputs, output: seen.append((inputs[0], output)))
+    model.encode_videos(torch.randn(2, 32, 6))
+    (normalised, dropped), = seen
+    torch.testing.assert_close(dropped, normalised)  # rate 0: nothing dropped despite dropout=0.9
+    assert AMDNet(ModelConfig(hidden_size=16, input_dropout=0.3, dropout=0.1), 6, 5).video_dropout.p == 0.3

@@ -5,8 +5,11 @@ import torch
 
 from amdnet import AMDNet, ModelConfig, TrainConfig, evaluate, train
 from amdnet.cli import main
+from amdnet.data import VideoCaptionDataset, collate_videos_with_captions
 from amdnet.evaluate import load_model
+from amdnet.optim import BertAdam, parameter_groups
 from amdnet.synthetic import SyntheticCorpusSpec, write_synthetic_corpus
+from amdnet.train import TRAINING_THREADS, TrainingState, training_step
 
 N_VAL_VIDEOS = 40
 SMALL_MODEL = ModelConfig(hidden_size=32, input_dropout=0.0, dropout=0.1)
@@ -43,7 +46,8 @@ def test_training_learns_partially_relevant_retrieval(trained_run):
     log = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
     assert [record["epoch"] for record in log] == list(range(1, 9))
     assert log[-1]["loss"] < log[0]["loss"]
-    assert log[-1]["lr"] == 0.0  # the schedule ends at zero on the last step
+    # The last of 8 x 5 updates runs at progress 39/40 of the schedule: a small positive rate.
+    assert log[-1]["lr"] == pytest.approx(3e-3 * (1 / 40) / (1 - 0.01))
     best = max(log, key=lambda record: record["val_SumR"])
     assert summary["best_epoch"] == best["epoch"]
     assert (out_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -108,11 +112,62 @@ def test_resumed_run_equals_uninterrupted_run(corpus, tmp_path):
             assert a[key] == pytest.approx(b[key], rel=1e-5)
 
 
-def test_early_stopping_after_patience(corpus, tmp_path):
+def _log(run_dir):
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("patience", [0, 2])
+def test_early_stopping_after_patience_plus_one_epochs_without_gain(corpus, tmp_path, patience):
+    """As the reference: stop once the epochs without a validation SumR gain exceed the patience."""
     files, queries_path = corpus
-    frozen = small_train_config(lr=0.0, max_epochs=5, patience=2, batch_size=80)  # lr 0: SumR never improves
+    # At lr 1e-12 every update is below float32 resolution: the weights, so the SumR, never change.
+    frozen = small_train_config(lr=1e-12, max_epochs=6, patience=patience, batch_size=80)
     summary = train(SMALL_MODEL, frozen, files, queries_path, tmp_path, progress=False)
-    assert summary["stopped_early"] and summary["epochs_run"] == 3 and summary["best_epoch"] == 1
+    assert summary["stopped_early"] and summary["epochs_run"] == patience + 2
+    # The initial best SumR is 0, so the first epoch (SumR > 0) is the one selected and saved.
+    assert summary["best_epoch"] == 1 and TrainingState().best_sumr == 0.0
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 1
+    assert len({record["val_SumR"] for record in _log(tmp_path)}) == 1
+
+
+def test_first_update_has_learning_rate_zero_and_last_a_small_positive_one(corpus, tmp_path):
+    """One update per epoch (the whole train split in one batch), so the log holds every update's rate."""
+    files, queries_path = corpus
+    config = small_train_config(max_epochs=3, batch_size=160, lr=1e-2)
+    train(SMALL_MODEL, config, files, queries_path, tmp_path, progress=False)
+    lrs = [record["lr"] for record in _log(tmp_path)]
+    assert lrs == pytest.approx([0.0, 1e-2 * (2 / 3) / 0.99, 1e-2 * (1 / 3) / 0.99])
+
+
+def test_training_step_runs_the_query_projection_twice_with_independent_dropout(corpus):
+    files, queries_path = corpus
+    dataset = VideoCaptionDataset(files, queries_path, "train", query_input="pooled", use_subtitles=False,
+                                  map_size=SMALL_MODEL.map_size)
+    batch = collate_videos_with_captions([dataset[i] for i in range(4)])
+    model = AMDNet(ModelConfig(hidden_size=32, input_dropout=0.5), dataset.video_dim, dataset.query_dim).train()
+    outputs = []
+    model.query_projection.register_forward_hook(lambda module, inputs, output: outputs.append(output))
+    optimizer = BertAdam(parameter_groups(model, 0.01), lr=1e-3)
+    training_step(model, optimizer, batch, small_train_config(), 1e-3, torch.device("cpu"))
+    assert len(outputs) == 2
+    assert outputs[0].shape == outputs[1].shape == (len(batch["caption_to_video"]), 32)
+    assert not torch.equal(outputs[0], outputs[1])  # two dropout masks
+
+
+def test_training_runs_on_a_fixed_thread_count_whatever_the_callers(corpus, tmp_path):
+    """The intra-op thread count changes float results, so it must not come from the machine."""
+    files, queries_path = corpus
+    torch.set_num_threads(2)  # the caller's; the single_thread fixture restores its own afterwards
+    seen = set()
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, inputs, output: seen.add(torch.get_num_threads()))
+    try:
+        train(SMALL_MODEL, small_train_config(max_epochs=1, batch_size=160), files, queries_path, tmp_path,
+              progress=False)
+    finally:
+        hook.remove()
+    assert seen == {TRAINING_THREADS} == {1}  # training and validation alike
+    assert torch.get_num_threads() == 2  # given back
 
 
 def test_cli_train_then_evaluate(corpus, tmp_path, capsys):

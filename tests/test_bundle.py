@@ -10,7 +10,7 @@ import pytest
 
 import tasks
 from pipeline.bundle import BundleError, BundleLayout, import_bundle
-from pipeline.datasets import read_jsonl
+from pipeline.datasets import AnnotationError, read_jsonl
 
 SPLIT_VIDEOS = {"train": [f"tv{i}" for i in range(6)], "val": ["va0", "va1"], "test": ["te0", "te1", "te2"]}
 VIDEO_DIM, QUERY_DIM = 12, 8
@@ -143,3 +143,24 @@ def test_bad_shapes_and_missing_files_name_the_file_and_key(tmp_path):
     with pytest.raises(BundleError, match=r"2 expected file\(s\) missing:\n.*minival\.caption\.txt\n.*"
                                           r"clip_ViT_B_32_mini_query_feat\.hdf5\nHow to get them"):
         BundleLayout(root, "mini", query="clip").check_present()
+
+
+def test_a_caption_in_val_and_test_is_one_query_unless_its_text_differs(tmp_path):
+    root = tmp_path / "mini"
+    _author_bundle(root)
+    text_dir = root / "TextData"
+    (text_dir / "minival.caption.txt").write_text((text_dir / "minitest.caption.txt").read_text())  # as TVR ships it
+    report = import_bundle(BundleLayout(root, "mini", query="roberta"), tmp_path, 1.0, {})
+    queries = read_jsonl(tmp_path / "queries.jsonl")
+    assert report["inputs"]["queries_kept"] == len(queries) == 24
+    assert [q["cap_id"] for q in queries if q["split"] == "val"] == [q["cap_id"] for q in queries if q["split"] == "test"]
+    with h5py.File(tmp_path / "query_features.h5") as f:
+        assert len(f["pooled"]) == 18  # 12 train + 6 shared val/test captions, each once
+    assert {v["video_id"]: v["split"] for v in read_jsonl(tmp_path / "videos.jsonl")}["te0"] == "test"
+
+    lines = (text_dir / "minival.caption.txt").read_text().splitlines()
+    lines[3] = lines[3].split(" ", 1)[0] + " another text under the same id"
+    (text_dir / "minival.caption.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(AnnotationError, match=r"minitest\.caption\.txt:4: caption id te1#enc#1 is also at "
+                                              r".*minival\.caption\.txt:4 with another text"):
+        import_bundle(BundleLayout(root, "mini", query="roberta"), tmp_path / "x", 1.0, {})

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from PIL import Image
 
 from pipeline.datasets import AnnotationError, read_tvr
 
@@ -16,14 +17,22 @@ def _query(desc_id, vid, ts=(1.0, 2.0), desc="a red box moves left"):
     return {"desc_id": desc_id, "desc": desc, "vid_name": vid, "duration": 10.0, "ts": list(ts), "type": "v"}
 
 
+def _frames(folder, n_frames):
+    folder.mkdir(parents=True)
+    for index in range(n_frames):
+        Image.new("RGB", (16, 12), (index, 0, 0)).save(folder / f"{index + 1:05d}.jpg")
+
+
 def test_reads_queries_videos_and_subtitles(tmp_path):
+    for video in ("a", "b", "c"):
+        _frames(tmp_path / "videos" / video, 30)  # 10 s at 3 fps, as annotated
     train = _write(tmp_path / "train.jsonl", [_query(1, "a"), _query(2, "a"), _query(3, "b")])
     test = _write(tmp_path / "test.jsonl", [_query(4, "c", ts=(0.0, 10.0))])
     subs = _write(tmp_path / "subs.jsonl", [{"vid_name": "a", "sub": [{"text": "hi", "start": 0.5, "end": 1.0}]},
                                            {"vid_name": "zzz", "sub": []}])
     manifest = read_tvr({"train": train, "val": None, "test": test}, tmp_path / "videos", ".mp4", subs)
     assert [(v["video_id"], v["split"]) for v in manifest.videos] == [("a", "train"), ("b", "train"), ("c", "test")]
-    assert manifest.videos[0]["path"].endswith("videos/a.mp4")
+    assert manifest.videos[0]["path"].endswith("videos/a")
     assert [q["cap_id"] for q in manifest.queries] == ["1", "2", "3", "4"]
     assert manifest.queries[3] == {"cap_id": "4", "video_id": "c", "text": "a red box moves left",
                                    "ts": [0.0, 10.0], "split": "test"}

@@ -132,3 +132,14 @@ def test_video_failing_after_some_pieces_is_dropped_whole(videos, clip, tmp_path
     batcher.flush()
     assert pieces_before_error >= 1
     assert [video["video_id"] for video, _, _ in batcher.finished()] == [videos[1]["video_id"]]
+
+
+def test_the_manifest_names_the_videos_pyav_decoded(tmp_path, clip):
+    """An AV1 file (decord 0.6.0 has no AV1 decoder) is decoded by PyAV and listed under "decoders";
+    an H.264 one, which decord reads, is not."""
+    h264 = make_testsrc_video(tmp_path / "h264.mp4", seconds=2, fps=10, size=(96, 64))
+    av1 = tmp_path / "av1.mp4"
+    run_ffmpeg("-i", str(h264), "-c:v", "libsvtav1", "-preset", "12", str(av1))
+    videos = [{"video_id": path.stem, "path": str(path), "duration": 2.0} for path in (h264, av1)]
+    result = extract_visual_features(videos, _visual(0), tmp_path / "features.h5", {"stage": "test", "fingerprint": "f"})
+    assert result["failures"] == {} and result["decoders"] == {"av1": "pyav"}

@@ -1,5 +1,6 @@
 """Clip grids, frame-to-clip pooling, clip-backbone windows and per-part normalisation, by hand."""
 
+import h5py
 import numpy as np
 import pytest
 
@@ -10,6 +11,8 @@ from extractors.pooling import (
     pool_frames_to_clips,
     window_frame_indices,
 )
+from pipeline.store import FeatureWriter, entry_name
+from pipeline.visual import combine_parts
 
 
 def test_clip_grid_covers_the_video_and_cuts_the_last_clip():
@@ -103,3 +106,57 @@ def test_the_tvr_recipe_gives_3072_dims_per_clip():
 def test_parts_must_share_the_clip_count():
     with pytest.raises(ValueError, match=r"part 0: \(2, 4\), part 1: \(3, 4\)"):
         concat_feature_parts([np.zeros((2, 4)), np.zeros((3, 4))])
+
+
+def _write_part(path, backbone: str, videos: dict[str, tuple[np.ndarray, np.ndarray]]):
+    with FeatureWriter(path, {"backbone": backbone}) as writer:
+        for video_id, (features, timestamps) in videos.items():
+            writer.write(video_id, features, timestamps=timestamps)
+        writer.finish()
+
+
+def _read(path, video_id):
+    with h5py.File(path) as f:
+        return f[entry_name(video_id)][()], f[entry_name(video_id)].attrs["timestamps"]
+
+
+# One 3 s video, frames at 0.25, 0.75, ..., 2.75 s (2 fps): two 1.5 s clips of three frames each.
+FRAME_TIMES = np.arange(6) * 0.5 + 0.25
+FRAMES_A = np.array([[3.0, 0.0], [0.0, 4.0], [1.0, 1.0], [2.0, 2.0], [0.0, 6.0], [4.0, 1.0]])  # (6, 2)
+FRAMES_B = np.array([[1.0, 0.0], [2.0, 1.0], [6.0, 0.0], [-3.0, 1.0], [-1.0, 0.0], [-2.0, 2.0]])  # (6, 2)
+MAX_A = [[3.0, 4.0], [4.0, 6.0]]  # per clip, per dimension, by hand
+MEAN_A = [[4 / 3, 5 / 3], [2.0, 3.0]]
+MAX_B, MEAN_B = [[6.0, 1.0], [-1.0, 2.0]], [[3.0, 1 / 3], [-2.0, 1.0]]
+
+
+def _unit(rows):
+    rows = np.asarray(rows, dtype=np.float64)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("pool_a, pool_b, expected_a, expected_b", [
+    ("max", "mean", MAX_A, MEAN_B),
+    ("mean", "max", MEAN_A, MAX_B),
+    ("max", "max", MAX_A, MAX_B),
+    ("mean", "mean", MEAN_A, MEAN_B),
+])
+def test_combined_parts_use_each_parts_own_pool_mode(tmp_path, pool_a, pool_b, expected_a, expected_b):
+    _write_part(tmp_path / "a.h5", "a", {"v1": (FRAMES_A, FRAME_TIMES)})
+    _write_part(tmp_path / "b.h5", "b", {"v1": (FRAMES_B, FRAME_TIMES)})
+    video = {"video_id": "v1", "duration": 3.0}
+    combine_parts([video], {"a": (tmp_path / "a.h5", pool_a), "b": (tmp_path / "b.h5", pool_b)}, 1.5,
+                  tmp_path / "combined.h5", {"stage": "visual"})
+    features, timestamps = _read(tmp_path / "combined.h5", "v1")
+    # Each part pooled with its own mode, L2-normalised, then concatenated in the order given.
+    np.testing.assert_allclose(features, np.concatenate([_unit(expected_a), _unit(expected_b)], axis=1), rtol=1e-6)
+    np.testing.assert_allclose(timestamps, [0.75, 2.25])
+
+
+@pytest.mark.parametrize("pool, expected", [("max", MAX_A), ("mean", MEAN_A)])
+def test_a_single_part_is_pooled_but_not_normalised(tmp_path, pool, expected):
+    """As the reference's single-backbone inputs: one part keeps its scale (see the README)."""
+    _write_part(tmp_path / "a.h5", "a", {"v1": (FRAMES_A, FRAME_TIMES)})
+    combine_parts([{"video_id": "v1", "duration": 3.0}], {"a": (tmp_path / "a.h5", pool)}, 1.5,
+                  tmp_path / "combined.h5", {"stage": "visual"})
+    features, _ = _read(tmp_path / "combined.h5", "v1")
+    np.testing.assert_allclose(features, expected, rtol=1e-6)

@@ -9,10 +9,11 @@ from conftest import REPO
 
 
 def _recipe_config(tmp_path, parts: dict, **visual) -> str:
-    """A 3-video demo whose visual section is exactly ``parts`` on a 1.5 s clip grid."""
+    """A 4-video demo (the fewest with a video in every split) whose visual section is exactly ``parts``
+    on a 1.5 s clip grid."""
     config = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     config["workdir"] = str(tmp_path / "work")
-    config["data"]["demo_videos"] = 3
+    config["data"]["demo_videos"] = 4
     config["visual"] = {"fps": 0.5, "size": 112, "clip_seconds": 1.5, "parts": parts, "num_workers": 0,
                         "batch_size": 8, **visual}
     path = tmp_path / "recipe.yaml"
@@ -29,7 +30,7 @@ def test_tvr_recipe_gives_3072_d_clips_and_an_i3d_change_reruns_only_its_part(tm
     visual = tasks.VisualFeatures(dataset=config)
     assert run_stages.build([visual]) == ["dataset", "demo_data", "visual", "visual-i3d", "visual-resnet"]
     with h5py.File(visual.features) as f:
-        assert f.attrs["dim"] == 3072 and len(f) == 3
+        assert f.attrs["dim"] == 3072 and len(f) == 4
         for video_id in f:
             features, timestamps = f[video_id][()], f[video_id].attrs["timestamps"]
             duration = f[video_id].attrs["duration"]
@@ -52,3 +53,31 @@ def test_subtitles_follow_the_clip_grid(tmp_path, run_stages):
         for video_id in v:
             assert s[f"features/{video_id}"].shape[0] == v[video_id].shape[0]
             np.testing.assert_allclose(s[f"features/{video_id}"].attrs["timestamps"], v[video_id].attrs["timestamps"])
+
+
+def test_each_part_is_pooled_with_its_own_mode_through_the_graph(tmp_path, run_stages):
+    """Two parts of one backbone, one max- and one mean-pooled: the combined features equal the
+    part files pooled by hand (numpy over each clip's frames), each L2-normalised."""
+    tiny = {"backbone": "clip", "model": "TinyViT-32-test"}
+    config = _recipe_config(tmp_path, {"peak": {**tiny, "pool": "max"}, "average": {**tiny, "pool": "mean"}},
+                            fps=2.0, size=64)
+    visual = tasks.VisualFeatures(dataset=config)
+    run_stages.build([visual])
+    reducers = {"peak": np.max, "average": np.mean}
+    with h5py.File(visual.features) as combined:
+        assert list(combined.attrs["parts"]) == list(visual.parts) and set(visual.parts) == {"average", "peak"}
+        for video_id in combined:
+            expected = []
+            for name, part in visual.parts.items():
+                with h5py.File(part.features) as f:
+                    frames, times = f[video_id][()], f[video_id].attrs["timestamps"]
+                clips, n_clips = [], len(combined[video_id][()])
+                for index in range(n_clips):  # [start, start + 1.5), the last one [start, duration]
+                    start = 1.5 * index
+                    end = min(start + 1.5, combined[video_id].attrs["duration"])
+                    inside = (times >= start) & ((times < end) if index < n_clips - 1 else (times <= end))
+                    assert inside.any()
+                    clips.append(reducers[name](frames[inside], axis=0))
+                clips = np.stack(clips)
+                expected.append(clips / np.linalg.norm(clips, axis=1, keepdims=True))
+            np.testing.assert_allclose(combined[video_id][()], np.concatenate(expected, axis=1), rtol=1e-5, atol=1e-6)
