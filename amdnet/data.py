@@ -178,17 +178,25 @@ class VideoCaptionDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         video_id = self.video_ids[index]
-        frames = self.handle("video")[entry_name(video_id)][()]  # (T, Dv)
         item = {"video_index": index, "video_id": video_id, "cap_ids": self.captions[index]}
-        if self.use_subtitles:
-            subtitles = self.handle("subtitle")
-            frames = np.concatenate([frames, subtitles[entry_name(video_id, "features")][()]], axis=1)  # (T, Dv+Ds)
+        subtitles = self.handle("subtitle") if self.use_subtitles else None
+        item["clips"] = torch.from_numpy(video_clips(self.handle("video"), subtitles, video_id, self.map_size))
+        if subtitles is not None:
             mask = subtitles[entry_name(video_id, "mask")][()].astype(np.float32)[:, None]  # (T, 1)
             item["subtitle_mask"] = torch.from_numpy(bin_clips(mask, self.map_size)[:, 0])  # (N,) fraction
-        item["clips"] = torch.from_numpy(bin_clips(frames, self.map_size))  # (N, Dv)
         group = self.handle("query")[self.query_group]
         item["queries"] = [torch.from_numpy(group[entry_name(cap_id)][()]) for cap_id in self.captions[index]]
         return item
+
+
+def video_clips(video_file: h5py.File, subtitle_file: h5py.File | None, video_id: str, map_size: int) -> np.ndarray:
+    """(N, Dv [+ Ds]) binned clip features of one video: its visual features, with its subtitle features
+    beside them when the model reads subtitles (all zero for a video without any, as SubtitleFeatures
+    writes them). Training, evaluation and the search index all build a video's input here."""
+    frames = video_file[entry_name(video_id)][()]  # (T, Dv)
+    if subtitle_file is not None:
+        frames = np.concatenate([frames, subtitle_file[entry_name(video_id, "features")][()]], axis=1)  # (T, Dv+Ds)
+    return bin_clips(frames, map_size)
 
 
 def clip_statistics(dataset: VideoCaptionDataset) -> tuple[torch.Tensor, torch.Tensor]:

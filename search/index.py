@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from amdnet.config import resolve_device
-from amdnet.data import bin_clips
+from amdnet.data import video_clips
 from amdnet.evaluate import load_model
 from amdnet.moments import clip_spans
 from pipeline.store import entry_name
@@ -39,15 +39,6 @@ INDEX_FILE = "index.h5"
 BROWSER_CONTAINERS = (".mp4", ".m4v", ".webm")
 _PROXY_FPS, _PROXY_SHORT_SIDE = 25.0, 360
 _BATCH = 256  # videos per model call: bounds memory however large the collection
-
-
-def video_clips(video_file: h5py.File, subtitle_file: h5py.File | None, video_id: str, map_size: int) -> np.ndarray:
-    """(N, Dv [+ Ds]) binned clip features of one video, as amdnet.data.VideoCaptionDataset builds them
-    (a video without subtitles has all-zero subtitle features, as SubtitleFeatures writes them)."""
-    frames = video_file[entry_name(video_id)][()]  # (T, Dv)
-    if subtitle_file is not None:
-        frames = np.concatenate([frames, subtitle_file[entry_name(video_id, "features")][()]], axis=1)  # (T, Dv+Ds)
-    return bin_clips(frames, map_size)
 
 
 def build_index(checkpoint: Path, videos: list[dict], video_features: Path, subtitle_features: Path | None,

@@ -116,14 +116,14 @@ def test_result_subset_walks_named_parts():
 # --- ranges: every numeric key has one, checked like types ----------------------------------------
 
 
-def _range_keys(schema=SCHEMA, prefix=""):
-    """(key path, Key) of every key with a range; named sections are walked as the demo's "clip" part."""
+def _all_keys(schema=SCHEMA, prefix=""):
+    """(key path, Key) of every key; named sections are walked as the demo's "clip" part."""
     for name, spec in schema.items():
         if isinstance(spec, NamedSections):
-            yield from _range_keys(spec.schema, f"{prefix}{name}.clip.")
+            yield from _all_keys(spec.schema, f"{prefix}{name}.clip.")
         elif isinstance(spec, dict):
-            yield from _range_keys(spec, f"{prefix}{name}.")
-        elif spec.range is not None:
+            yield from _all_keys(spec, f"{prefix}{name}.")
+        else:
             yield prefix + name, spec
 
 
@@ -137,7 +137,7 @@ def _outside(spec):
     return [cast(value) for value in values if value is not None]
 
 
-RANGE_KEYS = dict(_range_keys())
+RANGE_KEYS = {path: spec for path, spec in _all_keys() if spec.range is not None}
 
 
 def test_every_numeric_key_has_a_range():
@@ -146,15 +146,6 @@ def test_every_numeric_key_has_a_range():
                if {int, float} & set(spec.types) and bool not in spec.types and spec.choices is None}
     assert numeric - set(RANGE_KEYS) == set()
 
-
-def _all_keys(schema=SCHEMA, prefix=""):
-    for name, spec in schema.items():
-        if isinstance(spec, NamedSections):
-            yield from _all_keys(spec.schema, f"{prefix}{name}.clip.")
-        elif isinstance(spec, dict):
-            yield from _all_keys(spec, f"{prefix}{name}.")
-        else:
-            yield prefix + name, spec
 
 
 @pytest.mark.parametrize("key_path", sorted(RANGE_KEYS))
