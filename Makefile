@@ -10,7 +10,7 @@ K ?= 5
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup demo test features train evaluate explain search serve report clean
+.PHONY: setup demo test features train evaluate explain search serve report clean clean-cache luigid luigid-stop worker workers
 
 setup: $(STAMP)
 
@@ -51,8 +51,47 @@ search: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/python -m search serve --dataset $(DATASET) --set "$(SET)" --host $(HOST) --port $(PORT)
 
+# Many workers, many hosts (README "Running on many machines"): one luigid, workers on every host that
+# shares work/. make luigid [SCHEDULER_HOST=0.0.0.0]; make worker TASK=Features DATASET=tvr GPU=0;
+# make workers GPUS="0 1 2 3" (one worker per GPU of this host, logs in $(LUIGID_DIR)); make luigid-stop.
+SCHEDULER_HOST ?= 127.0.0.1
+SCHEDULER_PORT ?= 8082
+LUIGID_DIR ?= work/luigid
+TASK ?= Features
+GPU ?=
+GPUS ?=
+WORKER = SCHEDULER_HOST=$(SCHEDULER_HOST) SCHEDULER_PORT=$(SCHEDULER_PORT) \
+	scripts/luigi_worker.sh $(TASK) --dataset "$(DATASET)" --set "$(SET)"
+
+# luigid.cfg holds the scheduler's settings (retry and dead-worker delays, no task history).
+luigid: $(STAMP)
+	mkdir -p $(LUIGID_DIR)
+	LUIGI_CONFIG_PATH=luigid.cfg $(BIN)/luigid --background --address $(SCHEDULER_HOST) --port $(SCHEDULER_PORT) \
+		--state-path $(abspath $(LUIGID_DIR))/state.pickle --logdir $(abspath $(LUIGID_DIR)) \
+		--pidfile $(abspath $(LUIGID_DIR))/luigid.pid
+
+luigid-stop:
+	kill $$(cat $(LUIGID_DIR)/luigid.pid)
+	rm $(LUIGID_DIR)/luigid.pid
+
+worker: $(STAMP)
+	$(if $(GPU),CUDA_VISIBLE_DEVICES=$(GPU)) $(WORKER)
+
+# Fails if any of the workers failed.
+workers: $(STAMP)
+	$(if $(GPUS),,$(error workers needs GPUS, e.g. GPUS="0 1 2 3"))
+	mkdir -p $(LUIGID_DIR)
+	pids=""; for gpu in $(GPUS); do \
+		CUDA_VISIBLE_DEVICES=$$gpu $(WORKER) > $(LUIGID_DIR)/worker-$$gpu.log 2>&1 & pids="$$pids $$!"; \
+	done; \
+	failed=0; for pid in $$pids; do wait $$pid || failed=1; done; exit $$failed
+
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+# Per-video cache entries that no stage folder of DATASET lists (pipeline/video_cache.py); DRY_RUN=1 only says.
+clean-cache: $(STAMP)
+	$(BIN)/python -m pipeline.video_cache clean --dataset $(DATASET) --set "$(SET)" $(if $(DRY_RUN),--dry-run)
 
 clean:
 	rm -rf work .pytest_cache build *.egg-info

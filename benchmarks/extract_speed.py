@@ -6,32 +6,41 @@ On a set of generated H.264 videos (ffmpeg's testsrc2 at 360p and 720p) it measu
   (b) our decode-and-sample as extraction runs it (`decode_videos`: decoding worker processes, frames
       resized to 224 and cropped), at the native frame rate (every frame) and at 3 fps,
   (c) end-to-end extraction (`extract_visual_features`) with CLIP ViT-B/32 at 3 fps and I3D on every frame,
-and prints frames/s, peak memory and the ratios (b)/(a) and (c)/(b). Rates are in source frames
-per second (video seconds x native fps per wall second), so sampling sparsely can beat (a).
+  (d) the same CLIP extraction as the pipeline's VisualPart stage of a folder collection, through Luigi
+      under a real luigid: 1 worker process, then 2 worker processes (2 shards), from an empty cache,
+and prints frames/s, peak memory and the ratios (b)/(a), (c)/(b) and (d) 2 workers / 1 worker. Rates
+are in source frames per second (video seconds x native fps per wall second), so sampling sparsely
+can beat (a).
 
     python benchmarks/extract_speed.py                            # 6 x 20 s videos (3 at 360p, 3 at 720p)
     python benchmarks/extract_speed.py --videos 2 --seconds 5     # quick smoke run
     python benchmarks/extract_speed.py --skip-extraction          # decoding only
+    python benchmarks/extract_speed.py --scaling-only             # (d) only
 """
 from __future__ import annotations
 
 import argparse
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import h5py
 import imageio_ffmpeg
 import torch
+import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # tests/luigid.py: a real luigid and workers, as the tests start them
 
 from extractors.decode import probe_video  # noqa: E402
+from luigid import luigid_server, start_worker  # noqa: E402
 from pipeline.config import SCHEMA  # noqa: E402
 from pipeline.features import decode_videos, extract_visual_features  # noqa: E402
+from pipeline.video_cache import VideoCache, video_identity  # noqa: E402
 
 HEIGHTS = (360, 720)  # alternating over the generated videos
 NATIVE_FPS = 25.0
@@ -80,14 +89,42 @@ def decode_all(videos: list[dict], fps: float, args) -> None:
     assert sampled >= sum(round(video["duration"] * fps) for video in videos), "decoding lost frames"
 
 
-def extract_all(videos: list[dict], backbone: str, model: str | None, fps: float, args, out_path: Path) -> None:
+def extract_all(videos: list[dict], backbone: str, model: str | None, fps: float, args, cache_dir: Path) -> None:
     visual = {"backbone": backbone, "model": model, "pretrained": None, "seed": 0, "fps": fps,
               "size": 224, "clip_len": I3D_CLIP_LEN, "clip_stride": None, "batch_size": args.batch_size,
               "num_workers": args.num_workers, "device": args.device, "max_failed_fraction": 0.0}
-    extract_visual_features(videos, visual, out_path, {"stage": "benchmark", "fingerprint": "none"})
-    with h5py.File(out_path) as features:
-        assert len(features) == len(videos), "extraction lost videos"
-    out_path.unlink()
+    records = [{**video, "identity": video_identity(Path(video["path"]), cache_dir, "file")} for video in videos]
+    cache = VideoCache(cache_dir, ".h5")
+    report = extract_visual_features(records, visual, cache, "benchmark")
+    assert len(report["decoded"]) == len(videos), "extraction lost videos"
+    shutil.rmtree(cache_dir)
+
+
+def extract_under_luigid(folder: Path, videos: list[dict], workers: int, args) -> float:
+    """Seconds for `workers` Luigi worker processes under a real luigid to build the VisualPart stage
+    (CLIP ViT-B/32 at 3 fps) of the videos as a folder collection, in a fresh work folder: start-up,
+    dataset stage, shards and assembly included, as a user runs it."""
+    run_dir = folder / f"luigid_{workers}_workers"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    collection = run_dir / "videos"
+    collection.mkdir(parents=True)
+    for video in videos:
+        shutil.copy2(video["path"], collection)  # a copy: a collection never reads through links leaving it
+    config = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    config.update(name="extract_speed", workdir=str(run_dir / "work"))
+    config["data"].update(source="folder", root=str(collection))
+    config["visual"].update(fps=SAMPLING_FPS, size=224, num_workers=args.num_workers, batch_size=args.batch_size,
+                            device=args.device, shards=workers, parts={"clip": {"backbone": "clip", "model": "ViT-B-32"}})
+    config_path = run_dir / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    with luigid_server(run_dir) as server:
+        started = time.perf_counter()
+        processes = [start_worker(server, ["VisualPart", "--part", "clip", "--dataset", str(config_path)])
+                     for _ in range(workers)]
+        codes = [process.wait() for process in processes]
+        seconds = time.perf_counter() - started
+    assert codes == [0] * workers, f"a worker failed; logs in {run_dir / 'luigid'}"
+    return seconds
 
 
 def peak_memory_report() -> str:
@@ -116,6 +153,9 @@ def run(args) -> None:
     print(f"{len(videos)} videos ({', '.join(f'{h}p' for h in HEIGHTS)}), {args.seconds:g} s each, "
           f"{source_frames} frames at {NATIVE_FPS:g} fps, in {folder}; torch threads {torch.get_num_threads()}")
 
+    if args.scaling_only:
+        report_scaling(folder, videos, source_frames, args)
+        return
     ffmpeg_rate = report("(a) ffmpeg -f null (decode only)", source_frames, timed(ffmpeg_null_decode, videos))
     resized_rate = report("    ffmpeg, every frame scaled to 224 RGB", source_frames,
                           timed(ffmpeg_null_decode, videos, FFMPEG_RESIZED_RGB))
@@ -129,14 +169,24 @@ def run(args) -> None:
     if args.skip_extraction:
         return
 
-    seconds = timed(extract_all, videos, "clip", "ViT-B-32", SAMPLING_FPS, args, folder / "clip.h5")
+    seconds = timed(extract_all, videos, "clip", "ViT-B-32", SAMPLING_FPS, args, folder / "clip_cache")
     rate = report(f"(c) extraction clip:ViT-B-32 at {SAMPLING_FPS:g} fps", source_frames, seconds)
     print(f"    {source_frames * SAMPLING_FPS / NATIVE_FPS / seconds:.1f} sampled frames/s;  "
           f"(c)/(b) {rate / sampled_rate:.2f}   (GPU goal >= 0.8)")
-    seconds = timed(extract_all, videos, "i3d", None, NATIVE_FPS, args, folder / "i3d.h5")
+    seconds = timed(extract_all, videos, "i3d", None, NATIVE_FPS, args, folder / "i3d_cache")
     rate = report(f"(c) extraction i3d, every frame, windows of {I3D_CLIP_LEN}", source_frames, seconds)
     print(f"    {source_frames / I3D_CLIP_LEN / seconds:.2f} windows/s;  (c)/(b every frame) "
           f"{rate / every_frame_rate:.2f}   (GPU goal >= 0.8)")
+    report_scaling(folder, videos, source_frames, args)
+
+
+def report_scaling(folder: Path, videos: list[dict], source_frames: int, args) -> None:
+    one = report("(d) VisualPart clip:ViT-B-32 under luigid, 1 worker", source_frames,
+                 extract_under_luigid(folder, videos, 1, args))
+    two = report("(d) the same, 2 worker processes (2 shards)", source_frames,
+                 extract_under_luigid(folder, videos, 2, args))
+    print(f"    (d) 2 workers / 1 worker: {two / one:.2f}   (each worker: {args.num_workers} decoding workers, "
+          f"{args.device} model; on one host they share its cores and GPU)")
 
 
 def main() -> None:
@@ -145,6 +195,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each generated video")
     parser.add_argument("--workdir", help="keep the generated videos here and reuse them on reruns")
     parser.add_argument("--skip-extraction", action="store_true", help="measure (a) and (b) only")
+    parser.add_argument("--scaling-only", action="store_true", help="measure (d) only: 2 workers under luigid vs 1")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=SCHEMA["visual"]["num_workers"].default,
                         help="decoding worker processes (default: the pipeline's, one per CPU core)")

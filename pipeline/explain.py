@@ -12,8 +12,9 @@ most recent); the stage will run because of exactly those values.
 
 Forcing a stage moves its folder aside, to ``<fingerprint>.forced-<UTC time>``, and so for every stage
 that depends on it; the next run rebuilds them, and the moved folders stay as earlier runs (delete them
-when no longer wanted). Each folder is moved while holding its stage lock, so a run writing it is
-waited for, never moved under it.
+when no longer wanted). A forced per-video stage's cache entries are moved aside the same way, so its
+videos are decoded again (``make clean-cache`` deletes them). Each folder is moved while holding its
+lock, so a run writing it is waited for, never moved under it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 import luigi
 
 from pipeline.config import ConfigError
+from pipeline.sharding import PerVideoStage
 from pipeline.stage import Stage, stage_lock
 
 FORCED_SUFFIX = ".forced-"
@@ -135,6 +137,9 @@ def describe_change(stage: Stage, key: str, before: Any, now: Any) -> str:
             f"upstream {rest} no longer used"
     if kind == "files":
         return f"input file {rest} changed" if before and now else f"input file {rest} {'added' if now else 'removed'}"
+    if kind == "videos":  # the dataset's video folder, summarised (pipeline.video_cache.videos_digest)
+        return f"number of video files: {before} -> {now}" if rest == "count" else \
+            "video files added, removed or replaced"
     return f"{key}: {_short(before)} -> {_short(now)}"
 
 
@@ -194,6 +199,13 @@ def force(task: luigi.Task, stage_names: list[str]) -> list[tuple[Path, Path]]:
         with stage_lock(folder):  # a run writing this folder finishes first
             os.rename(folder, destination)  # atomic: the stage is complete or absent, never half there
         moved.append((folder, destination))
+    for stage in forced:  # a forced per-video stage decodes its videos again: its cache entries go aside too
+        if isinstance(stage, PerVideoStage) and stage.cache.folder.is_dir():
+            cache = stage.cache.folder
+            destination = cache.with_name(f"{cache.name}{FORCED_SUFFIX}{stamp}")
+            with stage_lock(stage.cache_root):  # extractions (which hold it shared) finish first
+                os.rename(cache, destination)
+            moved.append((cache, destination))
     return moved
 
 

@@ -23,6 +23,7 @@ from extractors.decode import VideoDecodeError, iter_decoded_frames, sample_time
 from extractors.subtitles import pool_subtitles
 from pipeline.stage import StageFailed
 from pipeline.store import FeatureWriter
+from pipeline.video_cache import VideoCache, read_feature_entry, write_feature_entry
 
 log = logging.getLogger("pipeline")
 
@@ -129,80 +130,56 @@ def _windowed(pieces: Iterator[_Piece], shape: _WindowShape) -> Iterator[_Piece]
         frames, times = frames[n_windows * shape.stride:], times[n_windows * shape.stride:]
 
 
-class _CrossVideoBatcher:
-    """Feeds the extractor full batches of frames whatever the video lengths (a batch may span many
-    videos), and hands back each video's features once all its frames are encoded."""
+class _VideoBatcher:
+    """Encodes each video's frames in batches counted from the video's own first frame: batch_size
+    frames at a time, the rest when its last piece arrives. A video's features therefore depend on
+    the video alone, never on which videos were decoded beside it (CPU kernels round differently for
+    different batch sizes), so a cached entry is the same whatever the shard, order or worker count.
+    Hands back each video's features once all its frames are encoded."""
 
     def __init__(self, extractor, batch_size: int, pin_memory: bool):
         self.extractor, self.batch_size, self.pin_memory = extractor, batch_size, pin_memory
-        self._waiting: list[tuple[str, np.ndarray]] = []  # (video id, uint8 (n, S, S, 3)) not yet encoded
-        self._n_waiting = 0
-        self._features: dict[str, list[np.ndarray]] = {}  # video id -> encoded (n, dim) pieces
+        self._waiting: dict[str, list[np.ndarray]] = {}  # video id -> uint8 (n, S, S, 3) pieces not yet encoded
+        self._features: dict[str, list[np.ndarray]] = {}  # video id -> encoded (n, dim) batches
         self._timestamps: dict[str, list[np.ndarray]] = {}
-        self._videos: dict[str, dict] = {}  # video id -> video, for videos all decoded
         self._ready: list[tuple[dict, np.ndarray, np.ndarray]] = []
 
     def add(self, piece: _Piece) -> None:
         video_id = piece.video["video_id"]
+        waiting = self._waiting.setdefault(video_id, [])
+        waiting.append(piece.frames)
         self._features.setdefault(video_id, [])
         self._timestamps.setdefault(video_id, []).append(piece.timestamps)
-        self._waiting.append((video_id, piece.frames))
-        self._n_waiting += len(piece.frames)
+        while sum(len(frames) for frames in waiting) >= self.batch_size:
+            self._encode(video_id, self.batch_size)
         if piece.last:
-            self._videos[video_id] = piece.video
-        while self._n_waiting >= self.batch_size:
-            self._encode(self.batch_size)
-        self._collect_finished()
+            if waiting:
+                self._encode(video_id, sum(len(frames) for frames in waiting))
+            self._ready.append((piece.video, np.concatenate(self._features.pop(video_id)),
+                                np.concatenate(self._timestamps.pop(video_id))))
+            del self._waiting[video_id]
 
     def drop(self, video_id: str) -> None:
         """Forget a video that failed part-way: its frames are neither encoded nor written."""
-        self._waiting = [(vid, frames) for vid, frames in self._waiting if vid != video_id]
-        self._n_waiting = sum(len(frames) for _, frames in self._waiting)
-        for per_video in (self._features, self._timestamps, self._videos):
+        for per_video in (self._waiting, self._features, self._timestamps):
             per_video.pop(video_id, None)
-
-    def flush(self) -> None:
-        """Encode what is left (a last, partial batch)."""
-        if self._n_waiting:
-            self._encode(self._n_waiting)
-        self._collect_finished()
 
     def finished(self) -> list[tuple[dict, np.ndarray, np.ndarray]]:
         """(video, features (T, dim), timestamps (T,)) of the videos completed since the last call."""
         ready, self._ready = self._ready, []
         return ready
 
-    def _encode(self, count: int) -> None:
-        owners, frames = self._take(count)
-        batch = np.concatenate(frames) if not self.pin_memory else _pinned_concatenate(frames)
-        features = self.extractor.encode(batch)  # (count, dim)
-        offset = 0
-        for video_id, n in owners:
-            self._features[video_id].append(features[offset : offset + n])
-            offset += n
-
-    def _take(self, count: int) -> tuple[list[tuple[str, int]], list[np.ndarray]]:
-        """The first `count` waiting frames, splitting a piece if needed: (video id, n) per run, frames."""
-        owners, frames = [], []
-        while count:
-            video_id, piece = self._waiting[0]
-            taken = piece[:count]
-            if len(taken) == len(piece):
-                self._waiting.pop(0)
-            else:
-                self._waiting[0] = (video_id, piece[count:])
-            owners.append((video_id, len(taken)))
-            frames.append(taken)
-            count -= len(taken)
-            self._n_waiting -= len(taken)
-        return owners, frames
-
-    def _collect_finished(self) -> None:
-        waiting_ids = {video_id for video_id, _ in self._waiting}
-        for video_id in [vid for vid in self._videos if vid not in waiting_ids]:
-            video = self._videos.pop(video_id)
-            self._ready.append((video, np.concatenate(self._features.pop(video_id)),
-                                np.concatenate(self._timestamps.pop(video_id))))
+    def _encode(self, video_id: str, count: int) -> None:
+        waiting, taken, n_taken = self._waiting[video_id], [], 0
+        while n_taken < count:  # the first `count` waiting frames of the video, splitting a piece if needed
+            piece = waiting[0][: count - n_taken]
+            waiting[0] = waiting[0][len(piece):]
+            if not len(waiting[0]):
+                waiting.pop(0)
+            taken.append(piece)
+            n_taken += len(piece)
+        batch = np.concatenate(taken) if not self.pin_memory else _pinned_concatenate(taken)
+        self._features[video_id].append(self.extractor.encode(batch))  # (count, dim)
 
 
 def _pinned_concatenate(frames: list[np.ndarray]) -> np.ndarray:
@@ -280,27 +257,27 @@ def visual_extractor_options(visual: dict) -> tuple[str, dict]:
     return visual["backbone"], options
 
 
-def extract_visual_features(videos: list[dict], visual: dict, out_path: Path, attrs: dict,
+def extract_visual_features(videos: list[dict], visual: dict, cache: VideoCache, stage: str,
                             frames_fps: float | None = None) -> dict:
-    """Decode every video at ``visual.fps`` and encode its frames; failures are recorded, not fatal.
+    """Decode every video of ``videos`` not yet in ``cache`` at ``visual.fps`` and encode its frames
+    into its cache entry; failures are recorded, not fatal.
 
     Videos are decoded in ``visual.num_workers`` worker processes and reach the model in batches of
-    ``visual.batch_size`` frames that may span videos. Each video is written as soon as its last
-    frame is encoded, so a crash loses only the videos in flight and a rerun skips finished ones.
+    ``visual.batch_size`` frames of one video (``_VideoBatcher``). Each video's entry is written as soon as its
+    last frame is encoded, so a crash loses only the videos in flight and a rerun skips finished ones.
     ``frames_fps`` is the frame rate of inputs that are folders of frames.
     """
-    extractor = _create_extractor(visual)
-    windows = _WindowShape(visual["clip_len"], visual["clip_stride"] or visual["clip_len"]) \
-        if extractor.kind == "clips" else None
+    todo = [video for video in videos if not cache.path(video).is_file()]
+    _log_resume(stage, len(videos) - len(todo), len(videos), "videos")
     failures: dict[str, str] = {}
-    decoders: dict[str, str] = {}  # video id -> "pyav": videos (some of) whose frames decord could not decode
-    backbone = ":".join(name for name in (visual["backbone"], visual["model"]) if name)
-    with FeatureWriter(out_path, {**attrs, "backbone": backbone,
-                                  "dim": extractor.dim, "fps": visual["fps"]}) as writer:
-        todo = [video for video in videos if not writer.done(video["video_id"])]
-        _log_resume(attrs["stage"], len(videos) - len(todo), len(videos), "videos")
-        batcher = _CrossVideoBatcher(extractor, _items_per_batch(visual), pin_memory=extractor.device.type == "cuda")
+    decoded: list[str] = []
+    if todo:
+        extractor = _create_extractor(visual)
+        windows = _WindowShape(visual["clip_len"], visual["clip_stride"] or visual["clip_len"]) \
+            if extractor.kind == "clips" else None
+        batcher = _VideoBatcher(extractor, _items_per_batch(visual), pin_memory=extractor.device.type == "cuda")
         source_frames: dict[str, int] = {}
+        decoders: dict[str, str] = {}  # video id -> "pyav": videos (some of) whose frames decord could not decode
         with tqdm(total=len(todo), desc="visual features", unit="video") as progress:
             for piece in decode_videos(todo, visual, frames_fps, windows):
                 if piece.error is None:
@@ -313,14 +290,35 @@ def extract_visual_features(videos: list[dict], visual: dict, out_path: Path, at
                     _record_failure(failures, piece.video["video_id"], piece.error)
                     batcher.drop(piece.video["video_id"])
                     progress.update()
-                _write_finished(batcher, writer, progress)
-            batcher.flush()
-            _write_finished(batcher, writer, progress)
-        _warn_repeated_frames(attrs["stage"], todo, source_frames, visual["fps"])
-        _check_failures(failures, len(videos), visual["max_failed_fraction"])
+                decoded += _write_finished(batcher, cache, decoders, progress)
+            decoded += _write_finished(batcher, cache, decoders, progress)
+        _warn_repeated_frames(stage, todo, source_frames, visual["fps"])
+    return {"decoded": decoded, "failures": failures,
+            "entries": [cache.path(video) for video in videos if video["video_id"] not in failures]}
+
+
+def assemble_visual_features(videos: list[dict], visual: dict, cache: VideoCache, failures: dict[str, str],
+                             out_path: Path, attrs: dict) -> dict:
+    """The stage's features file, one entry per video copied from the cache (failed videos left out)."""
+    _check_failures(failures, len(videos), visual["max_failed_fraction"])
+    done = [video for video in videos if video["video_id"] not in failures]
+    for video in done:
+        if not cache.path(video).is_file():
+            raise StageFailed(f"video {video['video_id']}: its cache entry {cache.path(video)} is missing (removed "
+                              f"after its shard ran?); delete {out_path.parent / 'shards'} and rerun")
+    dim = read_feature_entry(cache.path(done[0]))[0].shape[1] if done else _create_extractor(visual).dim
+    decoders = {}
+    backbone = ":".join(name for name in (visual["backbone"], visual["model"]) if name)
+    with FeatureWriter(out_path, {**attrs, "backbone": backbone, "dim": dim, "fps": visual["fps"]}) as writer:
+        for video in tqdm(done, desc="assemble visual features", unit="video"):
+            features, entry_attrs = read_feature_entry(cache.path(video))
+            if entry_attrs["pyav"]:  # decord could not read (some of) its frames
+                decoders[video["video_id"]] = "pyav"
+            if not writer.done(video["video_id"]):
+                writer.write(video["video_id"], features, timestamps=entry_attrs["timestamps"],
+                             duration=video["duration"])
         writer.finish()
-    return {"inputs": {"videos": len(videos), "resumed": len(videos) - len(todo)},
-            "failures": failures, "decoders": decoders, "dim": extractor.dim}
+    return {"inputs": {"videos": len(videos)}, "failures": failures, "decoders": decoders, "dim": dim}
 
 
 def _log_resume(stage: str, done: int, total: int, unit: str) -> None:
@@ -346,10 +344,16 @@ def _warn_repeated_frames(stage: str, videos: list[dict], source_frames: dict[st
                 "once.", stage, fps, len(repeating), len(videos), listed, more)
 
 
-def _write_finished(batcher: _CrossVideoBatcher, writer: FeatureWriter, progress: tqdm) -> None:
+def _write_finished(batcher: _VideoBatcher, cache: VideoCache, decoders: dict[str, str],
+                    progress: tqdm) -> list[str]:
+    """Writes the cache entries of the videos the batcher has finished; returns their ids."""
+    written = []
     for video, features, timestamps in batcher.finished():
-        writer.write(video["video_id"], features, timestamps=timestamps, duration=video["duration"])
+        write_feature_entry(cache, cache.path(video), features, timestamps=timestamps,
+                            pyav=video["video_id"] in decoders)
+        written.append(video["video_id"])
         progress.update()
+    return written
 
 
 def _record_failure(failures: dict[str, str], video_id: str, error: str) -> None:

@@ -58,19 +58,24 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextmanager
-def stage_lock(folder: Path) -> Iterator[None]:
+def stage_lock(folder: Path, shared: bool = False) -> Iterator[None]:
     """Holds an exclusive OS lock on ``folder`` for the block: one writer per folder, across processes.
 
     The lock is flock(2) on ``<folder>/.lock``, so the kernel drops it when its holder exits, however
     it exits (kill -9 and the OOM killer included): a lock file left behind blocks nobody. Its content
     (pid, host, command, start time) only tells a waiting process, which logs it, who holds the lock.
+    ``shared``: many holders at once, none while an exclusive holder has it (the per-video cache:
+    extractions share it, its clean-up takes it alone).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by exec'd children
     try:
-        _wait_for_lock(descriptor, path)
+        _wait_for_lock(descriptor, path, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        if shared:  # several holders: the file says who last held it alone
+            yield
+            return
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
                   "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         os.ftruncate(descriptor, 0)
@@ -90,11 +95,11 @@ def lock_holder(folder: Path) -> str:
         return "a process that has not said who it is yet"
 
 
-def _wait_for_lock(descriptor: int, path: Path) -> None:
+def _wait_for_lock(descriptor: int, path: Path, mode: int) -> None:
     started = reported = None
     while True:
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, mode | fcntl.LOCK_NB)
         except BlockingIOError:
             now = time.monotonic()
             if reported is None or now - reported >= _LOCK_REPORT_EVERY_S:

@@ -18,10 +18,11 @@ from tqdm import tqdm
 from amdnet.atomic import write_jsonl_atomic
 from extractors.decode import sample_times
 from extractors.pooling import clip_grid, concat_feature_parts, pool_frames_to_clips
-from pipeline.paths import confined, opaque_name
+from pipeline.stage import StageFailed
 from pipeline.store import FeatureWriter, entry_name
+from pipeline.video_cache import VideoCache
 
-_EXTRACTION_SETTINGS = ("batch_size", "num_workers", "device", "max_failed_fraction")
+_EXTRACTION_SETTINGS = ("batch_size", "num_workers", "device", "max_failed_fraction", "shards")
 
 
 def part_settings(visual: dict, name: str) -> dict:
@@ -70,21 +71,39 @@ def _combined(video: dict, files: dict[str, h5py.File], parts: dict[str, tuple[P
     return features, spans.mean(axis=1)
 
 
-def transcode_videos(videos: list[dict], visual: dict, out_dir: Path) -> dict:
-    """A proxy per video; a video that cannot be transcoded keeps its original path (and will be
-    reported by the visual parts when they fail to decode it)."""
+def transcode_videos(videos: list[dict], transcode: dict, cache: VideoCache) -> dict:
+    """A proxy per video (``visual.transcode`` settings) in ``cache``, made once; failures are
+    recorded, not fatal."""
     from extractors.transcode import transcode_proxy
 
-    settings = visual["transcode"]
-    failures, proxies = {}, []
+    failures, decoded = {}, []
     for video in tqdm(videos, desc="transcode", unit="video"):
-        proxy = confined(out_dir / "videos", f"{opaque_name(video['video_id'])}.mp4")  # one file per id
+        proxy = cache.path(video)
+        if proxy.is_file():
+            continue
         try:
-            if not proxy.exists():
-                transcode_proxy(video["path"], proxy, fps=settings["fps"], short_side=settings["short_side"])
-            proxies.append({**video, "path": str(proxy)})
+            with cache.writing(proxy) as temporary:
+                transcode_proxy(video["path"], temporary, fps=transcode["fps"], short_side=transcode["short_side"])
+            decoded.append(video["video_id"])
         except RuntimeError as err:
             failures[video["video_id"]] = str(err)
-            proxies.append(video)
-    write_jsonl_atomic(out_dir / "videos.jsonl", proxies)
+    return {"decoded": decoded, "failures": failures,
+            "entries": [cache.path(video) for video in videos if video["video_id"] not in failures]}
+
+
+def proxy_records(videos: list[dict], cache: VideoCache, failures: dict[str, str], out_dir: Path) -> dict:
+    """``out_dir/videos.jsonl``: each video's record pointing at its proxy, whose identity is the
+    source's with the transcode settings; a video that could not be transcoded keeps its original
+    (the visual parts report it if they cannot decode it either)."""
+    records = []
+    for video in videos:
+        if video["video_id"] in failures:
+            records.append(video)
+            continue
+        proxy = cache.path(video)
+        if not proxy.is_file():
+            raise StageFailed(f"video {video['video_id']}: its proxy {proxy} is missing (removed after its shard "
+                              f"ran?); delete {out_dir / 'shards'} and rerun")
+        records.append({**video, "path": str(proxy), "identity": f"{video['identity']}@{cache.folder.name}"})
+    write_jsonl_atomic(out_dir / "videos.jsonl", records)
     return {"inputs": {"videos": len(videos)}, "failures": failures}

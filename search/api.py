@@ -1,8 +1,9 @@
 """HTTP API and the search page (FastAPI, served by uvicorn).
 
     GET /                      the page (search/static/: plain HTML, CSS and JavaScript, no build step)
-    GET /api/search?q=...&k=5  {"query", "k", "exact", "inputs", "results": [hit, ...]}; bad input: 422
-    GET /api/info              what the model reads and how many videos the index holds
+    GET /api/search?q=...&k=5  {"query", "k", "exact", "method", "inputs", "results": [hit, ...]}; bad input: 422
+                               (method: "exact" or "approximate", the scorer of the index; each hit says it too)
+    GET /api/info              what the model reads, how many videos the index holds, how it is searched
     GET /videos/{video_id}     the video a browser plays (HTTP range requests), looked up in the index
     GET /thumbnails/{video_id}?t=12.5   a JPEG of the frame at t seconds, made once and cached on disk
 
@@ -42,7 +43,7 @@ def create_app(searcher: Searcher, default_k: int = 10) -> FastAPI:
     @app.get("/api/info")
     def info():
         return {"inputs": searcher.inputs, "videos": len(searcher.video_ids), "span_rule": searcher.span_rule,
-                "default_k": default_k, "max_k": MAX_K}
+                "default_k": default_k, "max_k": MAX_K, "method": searcher.method}
 
     @app.get("/api/search")
     def search(q: str = Query(..., description="what happens in the moment"), k: int = default_k):
@@ -53,7 +54,8 @@ def create_app(searcher: Searcher, default_k: int = 10) -> FastAPI:
             return JSONResponse({"detail": str(error)}, status_code=422)
         results = [{**hit.to_dict(), "frames": searcher.is_frames[hit.row],
                     "playable": bool(searcher.playable[hit.row])} for hit in hits]
-        return {"query": q, "k": k, "exact": True, "span_rule": searcher.span_rule, "inputs": searcher.inputs,
+        return {"query": q, "k": k, "exact": searcher.method == "exact", "method": searcher.method,
+                "span_rule": searcher.span_rule, "inputs": searcher.inputs,
                 "results": results}
 
     @app.get("/videos/{video_id:path}")

@@ -3,6 +3,7 @@
     python -m search --dataset demo "a red square moving left" -k 5      # ranked table (--json: JSON lines)
     python -m search index --dataset demo --folder /path/to/videos       # index your own folder with demo's model
     python -m search serve --dataset demo [--folder ...] [--host 127.0.0.1 --port 8000]
+    python -m search recall --dataset demo [--folder ...]    # approximate search's recall@10 against exact
 
 The model is the one the dataset's config trains (built first if needed); the collection is that
 dataset's videos, or every video under --folder (nested folders, any container ffmpeg reads).
@@ -58,6 +59,19 @@ def open_searcher(task):
     return Searcher(task.out_dir, span_rule=config["evaluate"]["span_rule"], device=config["search"]["device"])
 
 
+def print_recall(task, searcher, k: int, n_clip_queries: int) -> None:
+    from search.approximate import ApproximateSettings
+    from search.recall import measure_recall, query_texts, query_vectors
+
+    split = task.config["search"]["split"]
+    queries, described = query_vectors(searcher, query_texts(task.upstream_dir("dataset"), split), n_clip_queries)
+    settings = ApproximateSettings.from_config(task.config["search"]["approximate"])
+    result = measure_recall(searcher, queries, k, settings)
+    print(f"recall@{result['k']} of approximate search against exact: {result['recall']:.3f} "
+          f"({described}, {result['videos']} videos; the index searches {result['index_method']}ly; "
+          f"first stage: {result['first_stage']}, {settings}; approximate p50 {result['approximate_p50_ms']:.1f} ms)")
+
+
 def format_table(hits) -> str:
     rows = [("rank", "video", "score", "moment (s)", "path")]
     rows += [(str(hit.rank), hit.video_id, f"{hit.score:.4f}", f"{hit.start:.1f}-{hit.end:.1f}", hit.path)
@@ -75,7 +89,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    command = argv[0] if argv and argv[0] in ("index", "serve") else "search"
+    command = argv[0] if argv and argv[0] in ("index", "serve", "recall") else "search"
     parser = argparse.ArgumentParser(prog=f"python -m search{'' if command == 'search' else ' ' + command}",
                                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(parser)
@@ -83,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("query")
         parser.add_argument("-k", type=int, default=None, help="results (default: search.k of the config)")
         parser.add_argument("--json", action="store_true", help="one JSON object per result")
+    if command == "recall":
+        parser.add_argument("-k", type=int, default=10, help="recall@k (default 10)")
+        parser.add_argument("--queries", type=int, default=200, help="clip queries when the collection has no texts")
     if command == "serve":
         parser.add_argument("--host", help="default: search.host of the config (127.0.0.1)")
         parser.add_argument("--port", type=int, help="default: search.port of the config (8000)")
@@ -98,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
             print(task.out_dir)
             return 0
         searcher = open_searcher(task)
+        if command == "recall":
+            print_recall(task, searcher, args.k, args.queries)
+            return 0
         if command == "serve":
             from search.api import serve
 
@@ -113,4 +133,5 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(hit.to_dict()))
     else:
         print(format_table(hits))
+        print(f"{searcher.method} search over {len(searcher.video_ids)} videos")
     return 0

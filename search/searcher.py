@@ -9,9 +9,11 @@ projection; a video's score is AMDNet's own (max over clips of cosine, as amdnet
 moment comes from amdnet.moments with the same rule Evaluate uses. So scores, ranks and spans equal
 Evaluate's for the same query and videos.
 
-Scoring is one part, `ExactScorer`: a single matrix product over all clips of all videos, a max
-over each video's clips and a top-k. An approximate first stage can stand in front of it later
-without changing `Searcher.search`.
+Scoring is one part, chosen by the index (its ``search_method``): `ExactScorer`, a single matrix
+product over all clips of all videos, a max over each video's clips and a top-k; or, for large
+indexes, `search.approximate.ApproximateScorer`, a FAISS first stage whose candidate videos are
+re-scored exactly. Every hit says which one answered. Only the scorer of an exact index holds the
+clip embeddings in RAM; everything else is memory-mapped and read for the top hits only.
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ from amdnet.config import resolve_device
 from amdnet.evaluate import load_model
 from amdnet.moments import moment_spans
 from amdnet.train import intra_op_threads
-from search.index import INDEX_FILE
+from search.approximate import APPROXIMATE_FILE, ApproximateScorer, ApproximateSettings
+from search.index import INDEX_FILE, memory_map
 
 # Longer texts are not queries (a pasted document, an attack on the encoder): refused before encoding.
 MAX_QUERY_CHARS = 1000
@@ -49,6 +52,7 @@ class Hit:
     duration: float
     path: str  # the source: a video file or a folder of frames
     row: int  # the video's row in the index (how the server addresses it)
+    method: str  # "exact" or "approximate": which scorer found it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +60,8 @@ class Hit:
 
 class ExactScorer:
     """Every video's score for a batch of queries: (q, d) x (V*N, d) -> (q, V) max over clips -> top-k."""
+
+    method = "exact"
 
     def __init__(self, clip_embeddings: np.ndarray):
         videos, clips, dim = clip_embeddings.shape  # (V, N, d) unit vectors
@@ -79,20 +85,29 @@ class Searcher:
         self.index_dir = Path(index_dir)
         self.span_rule = span_rule
         self.device = resolve_device(device)
-        with h5py.File(self.index_dir / INDEX_FILE, "r") as index:
+        path = self.index_dir / INDEX_FILE
+        with h5py.File(path, "r") as index:
             self.attrs = dict(index.attrs)
-            self.scorer = ExactScorer(index["clip_embeddings"][()])
-            self.clip_embeddings = self.scorer.flat.view(self.scorer.n_videos, self.scorer.n_clips, -1)  # (V, N, d)
-            self.proposals = torch.from_numpy(index["proposals"][()])  # (V, K, d)
-            self.centers = torch.from_numpy(index["centers"][()])  # (V, K)
-            self.widths = torch.from_numpy(index["widths"][()])  # (V, K)
-            self.clip_fractions = torch.from_numpy(index["clip_fractions"][()])  # (V, N, 2)
+            mapped = {name: memory_map(path, index, name)
+                      for name in ("clip_embeddings", "proposals", "centers", "widths", "clip_fractions")}
             self.durations = index["durations"][()].tolist()  # (V,)
             self.video_ids = [value.decode() for value in index["video_ids"][()]]
             self.paths = [value.decode() for value in index["paths"][()]]
             self.playable = [value.decode() for value in index["playable"][()]]
             self.is_frames = index["is_frames"][()].tolist()
         self.rows = {video_id: row for row, video_id in enumerate(self.video_ids)}
+        self.clip_embeddings = mapped["clip_embeddings"]  # (V, N, d) float32, float16 in an approximate index
+        self.proposals = mapped["proposals"]  # (V, K, d)
+        self.centers, self.widths = mapped["centers"], mapped["widths"]  # (V, K)
+        self.clip_fractions = mapped["clip_fractions"]  # (V, N, 2)
+        if "search_method" not in self.attrs:
+            raise SearchError(f"{path}: made by an older Index stage (before approximate search); rebuild it")
+        self.method = str(self.attrs["search_method"])
+        if self.method == "approximate":
+            settings = ApproximateSettings(**json.loads(self.attrs["approximate"]))
+            self.scorer = ApproximateScorer(self.index_dir / APPROXIMATE_FILE, self.clip_embeddings, settings)
+        else:
+            self.scorer = ExactScorer(np.array(self.clip_embeddings, dtype=np.float32))  # read into RAM once
         state = torch.load(self.attrs["checkpoint"], map_location=self.device, weights_only=True)
         self.model, train_config = load_model(state, self.device)
         self.model.eval()
@@ -141,14 +156,18 @@ class Searcher:
             raise SearchError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
         query = self.encode_query(self.check_query(text))  # (1, d)
         scores, rows = self.scorer.top_k(query, k)  # (1, k')
-        return self.hits(query[0], scores[0], rows[0])
+        found = scores[0] > -torch.inf  # an approximate first stage may propose fewer than k videos
+        return self.hits(query[0], scores[0][found], rows[0][found])
 
     def hits(self, query: torch.Tensor, scores: torch.Tensor, rows: torch.Tensor) -> list[Hit]:
         """Spans for the top rows of one (d,) query, by the span rule Evaluate uses."""
-        spans = moment_spans(self.span_rule, query.expand(len(rows), -1), self.clip_embeddings[rows],
-                             self.proposals[rows], self.centers[rows], self.widths[rows],
-                             clip_spans=self.clip_fractions[rows])  # (k, 2) fractions
+        def read(array: np.ndarray) -> torch.Tensor:  # the rows of the hits only, as float32
+            return torch.from_numpy(np.asarray(array[rows.numpy()], dtype=np.float32))
+
+        spans = moment_spans(self.span_rule, query.expand(len(rows), -1), read(self.clip_embeddings),
+                             read(self.proposals), read(self.centers), read(self.widths),
+                             clip_spans=read(self.clip_fractions))  # (k, 2) fractions
         return [Hit(rank, self.video_ids[row], score, span[0] * self.durations[row], span[1] * self.durations[row],
-                    self.durations[row], self.paths[row], row)
+                    self.durations[row], self.paths[row], row, self.scorer.method)
                 for rank, (row, score, span) in enumerate(zip(rows.tolist(), scores.tolist(), spans.tolist()), 1)]
 

@@ -29,17 +29,23 @@ def _merge(base: dict, extra: dict) -> dict:
     return merged
 
 
+def make_tiny_config(folder: Path, extra: dict | None = None, name: str = "tiny.yaml", base: dict | None = None) -> Path:
+    """Write a config derived from configs/demo.yaml (shrunk by ``base``, TINY by default, then ``extra``)
+    into ``folder``, with its workdir there unless ``extra`` names one; returns its path."""
+    demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    config = _merge(_merge(demo, base if base is not None else TINY), extra or {})
+    config.setdefault("workdir", str(folder / "work"))
+    path = folder / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 @pytest.fixture
 def make_config(tmp_path):
-    """Write a config derived from configs/demo.yaml into tmp_path; returns its path."""
+    """make_tiny_config in the test's tmp_path."""
 
     def make(extra: dict | None = None, name: str = "tiny.yaml", base: dict | None = None) -> Path:
-        demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
-        config = _merge(_merge(demo, base if base is not None else TINY), extra or {})
-        config.setdefault("workdir", str(tmp_path / "work"))
-        path = tmp_path / name
-        path.write_text(yaml.safe_dump(config))
-        return path
+        return make_tiny_config(tmp_path, extra, name, base)
 
     return make
 
@@ -75,3 +81,27 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """The tiny demo trained and evaluated, and its test videos indexed: (config path, Index, Evaluate).
+    Built once for the search tests (test_search.py, test_search_approximate.py)."""
+    import tasks
+
+    root = tmp_path_factory.mktemp("search")
+    config = _merge(_merge(yaml.safe_load((REPO / "configs" / "demo.yaml").read_text()), TINY),
+                    {"workdir": str(root / "work"), "search": {"split": "test"}})
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    index, evaluate = tasks.Index(dataset=str(path)), tasks.Evaluate(dataset=str(path))
+    assert luigi.build([evaluate, index], local_scheduler=True, log_level="WARNING")
+    return path, index, evaluate
+
+
+@pytest.fixture(scope="session")
+def searcher(demo):
+    from search.searcher import Searcher
+
+    path, index, _ = demo
+    return Searcher(index.out_dir, span_rule=index.config["evaluate"]["span_rule"])

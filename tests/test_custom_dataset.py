@@ -63,6 +63,9 @@ def test_tvr_without_its_data_fails_at_once_naming_each_expected_file(tmp_path):
     for name in ("tvr_train_release.jsonl", "tvr_val_release.jsonl", "tvqa_preprocessed_subtitles.jsonl", "videos"):
         assert str(empty / name) in message
     assert "TVRetrieval" in message and "tvqa.cs.unc.edu" in message
+    # A per-video stage counts the videos for its shards first: the same message.
+    with pytest.raises(MissingDataError, match="expected data file"):
+        tasks.VisualPart(dataset="tvr", set=overrides, part="clip").requires()
 
     # The command users type: Luigi stops while building the graph, before any stage runs.
     luigi = str(Path(sys.executable).with_name("luigi"))

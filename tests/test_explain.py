@@ -89,14 +89,19 @@ def test_force_reruns_the_stage_and_what_depends_on_it_and_nothing_else(built, r
     with pytest.raises(ValueError, match="--force visual-clipp: no such stage"):
         force(evaluate, ["visual-clipp"])
     old_train = tasks.Train(dataset=built).out_dir
+    part = tasks.VisualPart(dataset=built, part="clip")
     moved = force(evaluate, ["visual-clip"])
-    assert sorted(folder.parent.name for folder, _ in moved) == ["evaluate", "train", "visual", "visual-clip"]
+    stage_folders, cache_folders = moved[:4], moved[4:]
+    assert sorted(folder.parent.name for folder, _ in stage_folders) == ["evaluate", "train", "visual", "visual-clip"]
     assert not old_train.exists()
-    for _, destination in moved:  # moved whole, manifest and all, beside the stage's other runs
+    for _, destination in stage_folders:  # moved whole, manifest and all, beside the stage's other runs
         assert FORCED_SUFFIX in destination.name and (destination / "manifest.json").is_file()
+    # The part's cache entries too: a forced part decodes its videos again.
+    assert [folder for folder, _ in cache_folders] == [part.cache.folder] and not part.cache.folder.exists()
     report = format_report(explain(evaluate))
     assert report.count("forced: nothing changed since") == 4
     assert run_stages.build([evaluate]) == ["evaluate", "train", "visual", "visual-clip"]
+    assert len(json.loads((part.out_dir / "manifest.json").read_text())["decoded"]) == 8
     assert json.loads((old_train / "manifest.json").read_text())["fingerprint"] == old_train.name
     assert run_stages.build([evaluate]) == []
 

@@ -8,9 +8,9 @@ import pytest
 
 from extractors import create_extractor
 from extractors.decode import decode_frames, probe_video, sample_times
-from pipeline.features import _CrossVideoBatcher, _DecodedVideos, extract_visual_features
-from pipeline.store import FeatureWriter
-from videos import make_testsrc_video, run_ffmpeg
+from pipeline.features import _DecodedVideos, _VideoBatcher
+from pipeline.video_cache import VideoCache, video_identity, write_feature_entry
+from videos import extract_as_a_stage, make_testsrc_video, run_ffmpeg
 
 FPS, SIZE, BATCH = 4.0, 64, 8
 
@@ -53,31 +53,31 @@ def _expected(video: dict, clip) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_every_video_gets_the_features_of_decoding_it_alone(videos, clip, tmp_path, num_workers):
-    out = tmp_path / "features.h5"
-    result = extract_visual_features(videos, _visual(num_workers), out, {"stage": "test", "fingerprint": "f"},
-                                     frames_fps=3.0)
+    result, out = extract_as_a_stage(videos, _visual(num_workers), tmp_path, frames_fps=3.0)
 
-    assert result["inputs"] == {"videos": len(videos), "resumed": 0}
+    assert result["inputs"] == {"videos": len(videos)}
+    assert sorted(result["decoded"]) == sorted(v["video_id"] for v in videos if v["video_id"] != "broken")
     assert list(result["failures"]) == ["broken"] and "broken.mp4" in result["failures"]["broken"]
     with h5py.File(out) as features:
         assert sorted(features) == sorted(v["video_id"] for v in videos if v["video_id"] != "broken")
         for video in videos[:-1]:
             expected_features, expected_timestamps = _expected(video, clip)
             entry = features[video["video_id"]]
-            np.testing.assert_allclose(entry[()], expected_features, rtol=1e-4, atol=1e-5)
+            np.testing.assert_array_equal(entry[()], expected_features)  # bit for bit: nothing else in its batches
             np.testing.assert_allclose(entry.attrs["timestamps"], expected_timestamps)
             assert entry.attrs["duration"] == video["duration"]
 
 
-def test_rerun_skips_finished_videos(videos, tmp_path):
-    out = tmp_path / "features.h5"
-    done_before = videos[0]
-    with FeatureWriter(out, {}) as writer:  # as a killed run leaves it: one video complete, not published
-        writer.write(done_before["video_id"], np.zeros((3, 64), np.float32), timestamps=np.arange(3.0))
-    result = extract_visual_features(videos, _visual(0), out, {"stage": "test", "fingerprint": "f"}, frames_fps=3.0)
-    assert result["inputs"] == {"videos": len(videos), "resumed": 1}
+def test_rerun_skips_videos_already_in_the_cache(videos, tmp_path):
+    # As a killed run leaves it: one video's entry written, the stage not assembled.
+    done_before = {**videos[0], "identity": video_identity(Path(videos[0]["path"]), tmp_path, "file")}
+    cache = VideoCache(tmp_path / "cache", ".h5")
+    write_feature_entry(cache, cache.path(done_before), np.zeros((3, 64), np.float32), timestamps=np.arange(3.0),
+                        pyav=False)
+    result, out = extract_as_a_stage([done_before, *videos[1:]], _visual(0), tmp_path, frames_fps=3.0)
+    assert done_before["video_id"] not in result["decoded"] and len(result["decoded"]) == len(videos) - 2
     with h5py.File(out) as features:
-        assert features[done_before["video_id"]].shape == (3, 64)  # kept, not recomputed
+        assert features[done_before["video_id"]].shape == (3, 64)  # taken from the cache, not recomputed
         assert len(features) == len(videos) - 1
 
 
@@ -92,24 +92,23 @@ class _BatchSizes:
         return self.extractor.encode(frames)
 
 
-def test_model_sees_full_batches_spanning_videos_and_pieces_stay_small(videos, clip):
+def test_each_video_is_encoded_in_batches_of_its_own_and_pieces_stay_small(videos, clip):
     decodable = videos[:-1]
     recorder = _BatchSizes(clip)
-    batcher = _CrossVideoBatcher(recorder, BATCH, pin_memory=False)
+    batcher = _VideoBatcher(recorder, BATCH, pin_memory=False)
     piece_sizes, written = [], {}
     for piece in _DecodedVideos(decodable, FPS, SIZE, frames_fps=3.0, frames_per_piece=5):
         piece_sizes.append(len(piece.frames))
         batcher.add(piece)
         written.update((video["video_id"], features) for video, features, _ in batcher.finished())
-    written_before_the_end = len(written)
-    batcher.flush()
-    written.update((video["video_id"], features) for video, features, _ in batcher.finished())
+        if piece.last:  # handed back as soon as its last frame is encoded
+            assert piece.video["video_id"] in written
 
-    total = sum(len(sample_times(v["duration"], FPS)) for v in decodable)
+    samples = [len(sample_times(v["duration"], FPS)) for v in decodable]
     assert max(piece_sizes) == 5  # the 6 s video (24 samples) arrives in pieces, not whole
-    assert recorder.sizes == [BATCH] * (total // BATCH) + ([total % BATCH] if total % BATCH else [])
+    # Batches counted from each video's first frame: never a frame of another video in them.
+    assert recorder.sizes == [size for n in samples for size in [BATCH] * (n // BATCH) + ([n % BATCH] if n % BATCH else [])]
     assert sorted(written) == sorted(v["video_id"] for v in decodable)
-    assert written_before_the_end >= len(decodable) - 2  # videos are handed back as they complete
     assert written["testsrc_1"].shape == (2, clip.dim)
 
 
@@ -120,7 +119,7 @@ def test_video_failing_after_some_pieces_is_dropped_whole(videos, clip, tmp_path
         (frames / image.name).write_bytes(image.read_bytes())
     (frames / "00008.jpg").write_text("this is not an image\n")  # late in the video: pieces came before it
     broken = {"video_id": "broken_late", "path": str(frames), "duration": 3.0}
-    batcher = _CrossVideoBatcher(clip, BATCH, pin_memory=False)
+    batcher = _VideoBatcher(clip, BATCH, pin_memory=False)
     pieces_before_error = 0
     for piece in _DecodedVideos([broken, videos[1]], FPS, SIZE, frames_fps=3.0, frames_per_piece=4):
         if piece.error is None:
@@ -129,7 +128,6 @@ def test_video_failing_after_some_pieces_is_dropped_whole(videos, clip, tmp_path
         else:
             assert "00008.jpg" in piece.error
             batcher.drop(piece.video["video_id"])
-    batcher.flush()
     assert pieces_before_error >= 1
     assert [video["video_id"] for video, _, _ in batcher.finished()] == [videos[1]["video_id"]]
 
@@ -141,5 +139,5 @@ def test_the_manifest_names_the_videos_pyav_decoded(tmp_path, clip):
     av1 = tmp_path / "av1.mp4"
     run_ffmpeg("-i", str(h264), "-c:v", "libsvtav1", "-preset", "12", str(av1))
     videos = [{"video_id": path.stem, "path": str(path), "duration": 2.0} for path in (h264, av1)]
-    result = extract_visual_features(videos, _visual(0), tmp_path / "features.h5", {"stage": "test", "fingerprint": "f"})
+    result, _ = extract_as_a_stage(videos, _visual(0), tmp_path)
     assert result["failures"] == {} and result["decoders"] == {"av1": "pyav"}

@@ -1,16 +1,13 @@
 """visual.max_failed_fraction on real corrupt files: exactly that fraction of failed videos passes (and
 is recorded), one more failure stops the stage without publishing a features file."""
 
-import os
-
 import h5py
 import pytest
 
 from extractors.decode import probe_video
-from pipeline.features import extract_visual_features
 from pipeline.stage import StageFailed
 from pipeline.store import entry_name
-from videos import make_testsrc_video
+from videos import extract_as_a_stage, make_testsrc_video
 
 
 def _visual(max_failed_fraction: float) -> dict:
@@ -53,15 +50,15 @@ def test_exactly_the_allowed_fraction_of_failures_passes(tmp_path, good_video, n
               for i in range(n_broken)]
     videos += [{"video_id": f"good_{i}", "path": str(good_path), "duration": duration}
                for i in range(n_videos - n_broken)]
-    out = tmp_path / "features.h5"
-    attrs = {"stage": "visual-test", "fingerprint": "f"}
     if passes:
-        result = extract_visual_features(videos, _visual(fraction), out, attrs)
+        result, out = extract_as_a_stage(videos, _visual(fraction), tmp_path)
         assert sorted(result["failures"]) == [f"broken_{i}" for i in range(n_broken)]
         with h5py.File(out) as f:
             assert sorted(f) == sorted(entry_name(f"good_{i}") for i in range(n_videos - n_broken))
     else:
         with pytest.raises(StageFailed, match=f"{n_broken} of {n_videos} videos failed"):
-            extract_visual_features(videos, _visual(fraction), out, attrs)
-        assert not out.exists()  # nothing published that a later run could take as complete
-        assert os.path.exists(f"{out}.partial")  # the good videos' work is kept for a rerun
+            extract_as_a_stage(videos, _visual(fraction), tmp_path)
+        assert not (tmp_path / "features.h5").exists()  # nothing published that a later run could take as complete
+        assert not (tmp_path / "features.h5.partial").exists()
+        # The good videos' work is kept for a rerun: one cache entry (they are the same file).
+        assert len(list((tmp_path / "cache").glob("*/*.h5"))) == (1 if n_videos > n_broken else 0)

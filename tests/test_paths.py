@@ -6,6 +6,7 @@ bundle export and the training data reader; the config's `name` and bundle names
 
 import json
 import os
+import re
 from pathlib import Path
 
 import h5py
@@ -161,16 +162,16 @@ def test_refused_ids_fail_with_file_and_line_when_the_policy_says_fail(make_conf
     assert "outside" in str(error.value)
 
 
-def test_transcode_proxies_stay_flat_in_their_stage_folder(make_config, run_stages, tmp_path):
+def test_transcode_proxies_are_named_by_key_never_by_id(make_config, run_stages, tmp_path):
     root, _ = _hostile_dataset(tmp_path)
     config = _hostile_config(make_config, root, {"visual": {"transcode": {"enabled": True}}})
     transcode = tasks.Transcode(dataset=str(config))
     run_stages.build([tasks.VisualPart(dataset=str(config), part="clip")])
-    proxies = read_jsonl(transcode.out_dir / "videos.jsonl")
-    assert [Path(v["path"]).name for v in proxies] == ["plain.mp4", "sub%2Fclip.mp4", "a%252Fb.mp4"]
-    assert sorted(p.name for p in (transcode.out_dir / "videos").iterdir()) == \
-        sorted(["plain.mp4", "sub%2Fclip.mp4", "a%252Fb.mp4"])
-    assert all(p.is_file() for p in (transcode.out_dir / "videos").iterdir())
+    proxies = [Path(v["path"]) for v in read_jsonl(transcode.out_dir / "videos.jsonl")]
+    assert len(proxies) == 3 and all(proxy.is_file() for proxy in proxies)
+    for proxy in proxies:  # <cache>/<2 hex>/<hex key>.mp4: nothing of the video id in the path
+        assert proxy.parent.parent == transcode.cache.folder
+        assert re.fullmatch(r"[0-9a-f]{24}\.mp4", proxy.name) and proxy.name.startswith(proxy.parent.name)
 
 
 @pytest.mark.parametrize("name", ["../escaped", "a/b", "..", "/tmp/abs", "."])

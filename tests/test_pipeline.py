@@ -15,6 +15,7 @@ import pytest
 import tasks
 from pipeline.config import load_config
 from pipeline.stage import StageFailed
+from pipeline.video_cache import clean
 
 REPO = Path(__file__).resolve().parent.parent
 ALL_STAGES = sorted(["demo_data", "dataset", "visual-clip", "visual", "queries", "subtitles", "train", "evaluate"])
@@ -91,6 +92,7 @@ def test_corrupt_and_missing_videos_are_recorded_not_fatal(make_config, run_stag
 
     run_stages.build([tasks.PrepareDataset(dataset=str(config))])
     strict = tasks.VisualPart(dataset=str(config), part="clip")
+    run_stages.build(strict.requires()["shards"])  # a shard records its failures; the stage decides
     with pytest.raises(StageFailed, match="3 of 8 videos failed"):
         strict.run()
     assert not (strict.out_dir / "manifest.json").exists()
@@ -113,38 +115,37 @@ def test_killed_extraction_leaves_nothing_complete_and_resumes(make_config, tmp_
     command = [str(Path(sys.executable).with_name("luigi")), "--module", "tasks", "VisualPart", "--part", "clip",
                "--dataset", str(config)]
     visual = tasks.VisualPart(dataset=str(config), part="clip")
-    partial = visual.out_dir / "features.h5.partial"
 
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None and not _complete_entries(partial):
+    while time.monotonic() < deadline and process.poll() is None and not _cache_entries(visual):
         time.sleep(0.05)
     assert process.poll() is None, "extraction finished before it could be killed"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
 
     assert not visual.features.exists() and not (visual.out_dir / "manifest.json").exists()
-    done_before = _complete_entries(partial)
+    assert not any(visual.out_dir.glob("shards/*/*/report.json")), "a killed shard must not look complete"
+    done_before = _cache_entries(visual)
     assert 1 <= done_before < 8
 
     rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     manifest = json.loads((visual.out_dir / "manifest.json").read_text())
-    assert manifest["inputs"] == {"videos": 8, "resumed": done_before}
+    assert manifest["inputs"] == {"videos": 8}
+    assert (len(manifest["decoded"]), manifest["from_cache"]) == (8 - done_before, done_before)
     with h5py.File(visual.features) as f:
         assert len(f) == 8
-    assert not partial.exists()
+    # What the killed writer left (a temporary file under its own name) goes with the cache clean-up,
+    # which keeps every entry the stage folder was assembled from.
+    clean(visual.out_dir.parent.parent)
+    assert not list(visual.cache.folder.rglob("*.partial")) and _cache_entries(visual) == 8
 
 
-def _complete_entries(partial: Path) -> int:
-    if not partial.exists():
-        return 0
-    try:
-        with h5py.File(partial, "r", locking=False) as f:
-            return sum(1 for name in f if f[name].attrs.get("_complete"))
-    except OSError:  # being written at this very moment
-        return 0
+def _cache_entries(stage) -> int:
+    """Per-video results the stage has in its cache (complete ones: partial files have another name)."""
+    return len(list(stage.cache.folder.glob(f"*/*{stage.cache_suffix}")))
 
 
 def test_reduced_demo_retrieves_far_above_chance(make_config, run_stages, single_thread):

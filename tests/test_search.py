@@ -1,7 +1,8 @@
 """Search (search/): the Index stage, the search function against Evaluate, the CLI, a plain folder
 collection, the HTTP API on a real uvicorn server and the page in a real headless Chromium.
 
-One tiny demo pipeline (Train + Evaluate + Index over the test split) is built per module and shared.
+One tiny demo pipeline (Train + Evaluate + Index over the test split) is built per session and shared
+(the `demo` and `searcher` fixtures of conftest.py; test_search_approximate.py uses them too).
 """
 from __future__ import annotations
 
@@ -11,16 +12,15 @@ import os
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
 import luigi
 import numpy as np
 import pytest
-import yaml
 
 import tasks
-from conftest import REPO, TINY, _merge
 from search.cli import index_task, main as search_cli
 from search.searcher import MAX_K, MAX_QUERY_CHARS, Searcher, SearchError
 from videos import make_testsrc_video, run_ffmpeg
@@ -28,25 +28,6 @@ from videos import make_testsrc_video, run_ffmpeg
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 CHROMIUM_PATHS = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """The tiny demo trained and evaluated, and its test videos indexed: (config path, Index, Evaluate)."""
-    root = tmp_path_factory.mktemp("search")
-    config = _merge(_merge(yaml.safe_load((REPO / "configs" / "demo.yaml").read_text()), TINY),
-                    {"workdir": str(root / "work"), "search": {"split": "test"}})
-    path = root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    index, evaluate = tasks.Index(dataset=str(path)), tasks.Evaluate(dataset=str(path))
-    assert luigi.build([evaluate, index], local_scheduler=True, log_level="WARNING")
-    return path, index, evaluate
-
-
-@pytest.fixture(scope="module")
-def searcher(demo):
-    path, index, _ = demo
-    return Searcher(index.out_dir, span_rule=index.config["evaluate"]["span_rule"])
 
 
 def _test_queries(evaluate) -> dict[str, str]:
@@ -98,7 +79,8 @@ def test_what_reindexes(demo):
             "evaluate.span_rule=best_clip evaluate.chunk_size=7"}
     for overrides in same:
         assert tasks.Index(dataset=str(path), set=overrides).fingerprint == index.fingerprint, overrides
-    for overrides in ("train.lr=0.001", "visual.parts.clip.seed=1", "search.split=null"):
+    for overrides in ("train.lr=0.001", "visual.parts.clip.seed=1", "search.split=null", "search.method=approximate",
+                      "search.approximate.nprobe=64"):
         assert tasks.Index(dataset=str(path), set=overrides).fingerprint != index.fingerprint, overrides
 
 
@@ -122,8 +104,9 @@ def test_cli_table_json_and_errors(demo, searcher, capsys):
     assert [line["video_id"] for line in lines] == [hit.video_id for hit in expected]
     assert search_cli(["--dataset", str(path), query, "-k", "2"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:4] == ["rank", "video", "score", "moment"] and len(table) == 3
+    assert table[0].split()[:4] == ["rank", "video", "score", "moment"] and len(table) == 4
     assert table[1].split()[1] == expected[0].video_id
+    assert table[3] == f"exact search over {len(searcher.video_ids)} videos"
     assert search_cli(["--dataset", str(path), "   "]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: empty query") and len(error.strip().splitlines()) == 1
@@ -178,6 +161,12 @@ def _write_jpeg(path: Path, shade: int) -> None:
 
 @pytest.fixture(scope="module")
 def server(searcher):
+    with running_server(searcher, default_k=2) as address:
+        yield address
+
+
+@contextmanager
+def running_server(searcher, default_k: int):
     """uvicorn serving the app on a free loopback port, in a thread; stopped at the end."""
     import uvicorn
 
@@ -186,7 +175,7 @@ def server(searcher):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    instance = uvicorn.Server(uvicorn.Config(create_app(searcher, default_k=2), host="127.0.0.1", port=port,
+    instance = uvicorn.Server(uvicorn.Config(create_app(searcher, default_k), host="127.0.0.1", port=port,
                                              log_level="warning"))
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
@@ -194,9 +183,11 @@ def server(searcher):
     while not instance.started:
         assert time.monotonic() < deadline, "the server did not start"
         time.sleep(0.05)
-    yield f"127.0.0.1:{port}"
-    instance.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        instance.should_exit = True
+        thread.join(timeout=10)
 
 
 def _get(server: str, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
@@ -215,7 +206,8 @@ def test_api_search_matches_the_search_function(server, searcher):
     answer = json.loads(body)
     expected = searcher.search("colour bars", k=4)
     assert [r["video_id"] for r in answer["results"]] == [hit.video_id for hit in expected]
-    assert answer["exact"] is True and answer["inputs"]["subtitles"] is True
+    assert answer["exact"] is True and answer["method"] == "exact" and answer["inputs"]["subtitles"] is True
+    assert {r["method"] for r in answer["results"]} == {"exact"}
     status, _, body = _get(server, "/api/search?q=colour%20bars")
     assert status == 200 and len(json.loads(body)["results"]) == 2  # the server's default k
 

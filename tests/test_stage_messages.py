@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from extractors.decode import probe_video
-from pipeline.features import encode_queries, extract_visual_features
+from pipeline.features import encode_queries
 from pipeline.store import FeatureWriter
-from videos import make_testsrc_video, run_ffmpeg
+from pipeline.video_cache import VideoCache, video_identity, write_feature_entry
+from videos import extract_as_a_stage, make_testsrc_video, run_ffmpeg
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,7 @@ def _warnings(caplog) -> list[str]:
 
 def test_sampling_above_a_videos_frame_rate_is_warned_naming_videos_and_rates(videos, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="pipeline"):
-        extract_visual_features(videos, _visual(12.0), tmp_path / "f.h5", {"stage": "visual-clip", "fingerprint": "f"},
-                                frames_fps=3.0)
+        extract_as_a_stage(videos, _visual(12.0), tmp_path, frames_fps=3.0, stage="visual-clip")
     (message,) = _warnings(caplog)
     assert "visual-clip samples 12 fps, but 2 of 3 videos have fewer frames per second" in message
     assert "tvqa_clip (about 3 fps)" in message and "at_5fps (about 5 fps)" in message
@@ -49,34 +49,31 @@ def test_sampling_above_a_videos_frame_rate_is_warned_naming_videos_and_rates(vi
 
 def test_sampling_at_or_below_the_frame_rate_says_nothing(videos, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="pipeline"):
-        extract_visual_features(videos, _visual(3.0), tmp_path / "f.h5", {"stage": "visual-clip", "fingerprint": "f"},
-                                frames_fps=3.0)
+        extract_as_a_stage(videos, _visual(3.0), tmp_path, frames_fps=3.0, stage="visual-clip")
     assert _warnings(caplog) == []
 
 
 def test_a_clip_backbone_at_25_fps_on_3_fps_frames_is_warned(videos, tmp_path, caplog):
     """The case users hit: I3D-style 25 fps clips from TVQA frames (windows path of the loop)."""
     with caplog.at_level(logging.WARNING, logger="pipeline"):
-        extract_visual_features(videos[:1], _visual(25.0, backbone="r3d_18", model=None), tmp_path / "f.h5",
-                                {"stage": "visual-r3d", "fingerprint": "f"}, frames_fps=3.0)
+        extract_as_a_stage(videos[:1], _visual(25.0, backbone="r3d_18", model=None), tmp_path, frames_fps=3.0,
+                           stage="visual-r3d")
     (message,) = _warnings(caplog)
     assert "visual-r3d samples 25 fps" in message and "tvqa_clip (about 3 fps)" in message
 
 
 def test_a_resumed_visual_stage_says_what_it_resumed(videos, tmp_path, caplog):
-    out = tmp_path / "features.h5"
-    with FeatureWriter(out, {}) as writer:  # as a killed run leaves it: one video done, file not published
-        writer.write(videos[2]["video_id"], np.zeros((3, 64), np.float32), timestamps=np.arange(3.0))
+    done = {**videos[2], "identity": video_identity(videos[2]["path"], tmp_path, "file")}
+    cache = VideoCache(tmp_path / "cache", ".h5")  # as a killed run leaves it: one video done, stage not assembled
+    write_feature_entry(cache, cache.path(done), np.zeros((3, 64), np.float32), timestamps=np.arange(3.0), pyav=False)
     with caplog.at_level(logging.INFO, logger="pipeline"):
-        extract_visual_features(videos, _visual(3.0), out, {"stage": "visual-clip", "fingerprint": "f"},
-                                frames_fps=3.0)
+        extract_as_a_stage([*videos[:2], done], _visual(3.0), tmp_path, frames_fps=3.0, stage="visual-clip")
     assert "resuming visual-clip: 1 of 3 videos already done" in caplog.text
 
 
 def test_a_fresh_stage_says_nothing_about_resuming(videos, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="pipeline"):
-        extract_visual_features(videos[:1], _visual(3.0), tmp_path / "f.h5",
-                                {"stage": "visual-clip", "fingerprint": "f"}, frames_fps=3.0)
+        extract_as_a_stage(videos[:1], _visual(3.0), tmp_path, frames_fps=3.0, stage="visual-clip")
     assert "resuming" not in caplog.text
 
 

@@ -91,3 +91,21 @@ def _encode_ramp(path: Path, n_frames: int, size: tuple[int, int], frame_pts_ms:
         "-c:v", "libx264", "-preset", "ultrafast", "-qp", "0", "-pix_fmt", "yuv420p", str(path),
     )
     return path
+
+
+def extract_as_a_stage(videos: list[dict], visual: dict, folder: Path, frames_fps: float | None = None,
+                       stage: str = "visual-test") -> tuple[dict, Path]:
+    """What a VisualPart does with ``videos`` (records without an identity get one): extraction into
+    the per-video cache under ``folder``, then the stage's ``folder/features.h5`` assembled from it.
+    Returns the assembly's report with the extraction's ``decoded`` ids, and the features file."""
+    from pipeline.features import assemble_visual_features, extract_visual_features
+    from pipeline.video_cache import VideoCache, video_identity
+
+    cache = VideoCache(Path(folder) / "cache", ".h5")
+    records = [{**video, "identity": video.get("identity") or video_identity(Path(video["path"]), Path(folder), "file")}
+               for video in videos]
+    extracted = extract_visual_features(records, visual, cache, stage, frames_fps)
+    out = Path(folder) / "features.h5"
+    assembled = assemble_visual_features(records, visual, cache, extracted["failures"], out,
+                                         {"stage": stage, "fingerprint": "f"})
+    return {**assembled, "decoded": extracted["decoded"]}, out

@@ -122,7 +122,8 @@ async function search(event) {
     return;
   }
   const elapsed = Math.round(performance.now() - started);
-  const how = body.exact ? "exact search: every clip of every video was scored" : "approximate search";
+  const how = body.exact ? "exact search: every clip of every video was scored"
+    : "approximate search: a FAISS first stage proposed candidates, their clips were scored exactly";
   status.textContent = `${body.results.length} videos in ${elapsed} ms · ${how}`;
   body.results.forEach((hit) => results.appendChild(resultItem(hit)));
 }
