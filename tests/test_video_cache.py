@@ -19,7 +19,7 @@ from conftest import make_tiny_config
 from luigi.task_register import Register
 from pipeline.explain import explain, format_report
 from pipeline.sharding import assign_shards
-from pipeline.video_cache import CACHE_FOLDER, clean, used_entries
+from pipeline.video_cache import CACHE_FOLDER, clean, used_entries, video_identity
 from videos import run_ffmpeg
 
 
@@ -188,3 +188,23 @@ def test_clean_removes_only_entries_no_stage_folder_uses(dataset, run_stages):
             for path in (dataset_dir / CACHE_FOLDER).rglob("*.h5")}
     assert kept == used_entries(dataset_dir) and len(kept) == 8
     assert run_stages.build([_part(config)]) == []  # the remaining stage is untouched
+
+
+def test_identity_by_file_stats_or_by_content(demo_files, tmp_path):
+    video = sorted((demo_files / "videos").glob("*.mp4"))[0]
+    copy = tmp_path / "elsewhere" / "videos" / video.name
+    copy.parent.mkdir(parents=True)
+    shutil.copy(video, copy)  # same bytes, another root and modification time
+    assert video_identity(copy, tmp_path / "elsewhere", "content") == video_identity(video, demo_files, "content")
+    assert video_identity(copy, tmp_path / "elsewhere", "file") != video_identity(video, demo_files, "file")
+    before = video_identity(copy, tmp_path / "elsewhere", "file")
+    os.utime(copy, ns=(copy.stat().st_atime_ns, copy.stat().st_mtime_ns + 10**9))  # touched: same bytes
+    assert video_identity(copy, tmp_path / "elsewhere", "file") != before
+    assert video_identity(copy, tmp_path / "elsewhere", "content") == video_identity(video, demo_files, "content")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for index in range(3):
+        (frames / f"{index:05d}.jpg").write_bytes(bytes([index]) * 10)
+    folder_before = video_identity(frames, tmp_path, "content")
+    (frames / "00001.jpg").write_bytes(b"other")  # one frame replaced: the folder's identity changes
+    assert video_identity(frames, tmp_path, "content") != folder_before
