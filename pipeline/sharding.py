@@ -16,19 +16,21 @@ videos.jsonl, and shards take about the same time whatever the order of the list
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import math
 import os
 import socket
 import time
 from pathlib import Path
+from functools import cached_property
 from typing import Any, ClassVar
 
 import luigi
 
 from amdnet.atomic import write_json_atomic
-from pipeline.stage import DatasetTask, Stage, _sigterm_raises, stage_lock
-from pipeline.video_cache import CACHE_FOLDER, write_entries_list
+from pipeline.stage import DatasetTask, Stage, sigterm_raises, stage_lock
+from pipeline.video_cache import CACHE_FOLDER, VideoCache, write_entries_list
 
 log = logging.getLogger("pipeline")
 
@@ -79,10 +81,8 @@ class PerVideoStage(Stage):
     def cache_root(self) -> Path:
         return self.out_dir.parent.parent / CACHE_FOLDER  # <workdir>/<name>/cache
 
-    @property
-    def cache(self):
-        from pipeline.video_cache import VideoCache
-
+    @cached_property
+    def cache(self) -> VideoCache:
         return VideoCache.for_stage(self.out_dir.parent.parent, self.stage,
                                     {"stage": self.stage, "version": self.version, **self.cache_settings()},
                                     self.cache_suffix)
@@ -140,13 +140,11 @@ class VideoShard(DatasetTask):
         return luigi.LocalTarget(str(self.folder / "report.json"))
 
     def report(self) -> dict:
-        import json
-
         return json.loads(Path(self.output().path).read_text())
 
     def run(self) -> None:
         owner = self.owner()
-        with stage_lock(self.folder), stage_lock(owner.cache_root, shared=True), _sigterm_raises():
+        with stage_lock(self.folder), stage_lock(owner.cache_root, shared=True), sigterm_raises():
             if self.complete():  # another process ran this shard while this one waited for the lock
                 log.warning("%s: built meanwhile by another process; using its output", self.folder)
                 return

@@ -115,7 +115,7 @@ def _wait_for_lock(descriptor: int, path: Path, mode: int) -> None:
 
 
 @contextmanager
-def _sigterm_raises() -> Iterator[None]:
+def sigterm_raises() -> Iterator[None]:
     """SIGTERM raises Terminated in the block (once; a second SIGTERM kills as usual)."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
         yield
@@ -204,7 +204,7 @@ class Stage(DatasetTask):
         return self.upstream()[name].out_dir
 
     def run(self) -> None:
-        with stage_lock(self.out_dir), _sigterm_raises():
+        with stage_lock(self.out_dir), sigterm_raises():
             if self.complete():  # another process built it while this one waited for the lock
                 log.warning("%s: built meanwhile by another process; using its output", self.out_dir)
                 return

@@ -34,6 +34,8 @@ from typing import Iterator
 import h5py
 import numpy as np
 
+from amdnet.atomic import write_text_atomic
+
 log = logging.getLogger("pipeline")
 
 CACHE_FOLDER = "cache"  # under <workdir>/<name>/, beside the stage folders
@@ -70,7 +72,7 @@ def video_identity(path: Path, root: Path, mode: str) -> str:
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
     if mode == "content":
         return _digest({"content": [[p.name if path.is_dir() else "", content_hash(p)] for p in files]})
-    stats = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    stats = [[p.name, stat.st_size, stat.st_mtime_ns] for p, stat in zip(files, map(Path.stat, files))]
     return _digest({"path": _relative(path, root), "files": stats})
 
 
@@ -127,8 +129,6 @@ def read_feature_entry(entry: Path) -> tuple[np.ndarray, dict]:
 
 
 def write_entries_list(stage_dir: Path, entries: list[Path], cache_root: Path) -> None:
-    from amdnet.atomic import write_text_atomic
-
     lines = sorted({entry.relative_to(cache_root).as_posix() for entry in entries})
     write_text_atomic(stage_dir / ENTRIES_FILE, "".join(f"{line}\n" for line in lines))
 
