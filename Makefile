@@ -51,7 +51,7 @@ search: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/python -m search serve --dataset $(DATASET) --set "$(SET)" --host $(HOST) --port $(PORT)
 
-# Many workers, many hosts (README "Running on many machines"): one luigid, workers on every host that
+# Many workers, many hosts (docs/distributed.md): one luigid, workers on every host that
 # shares work/. make luigid [SCHEDULER_HOST=0.0.0.0]; make worker TASK=Features DATASET=tvr GPU=0;
 # make workers GPUS="0 1 2 3" (one worker per GPU of this host, logs in $(LUIGID_DIR)); make luigid-stop.
 SCHEDULER_HOST ?= 127.0.0.1

@@ -67,7 +67,7 @@ DOWNLOAD_HINTS = {
     "charades": "Charades-STA (charades_sta_train.txt, charades_sta_test.txt): https://github.com/jiyanggao/TALL ; "
                 "the videos (480p release): https://prior.allenai.org/projects/charades",
     "custom": "your own queries file (CSV or JSONL with video, text and optional start, end, split columns) "
-              "and a folder of videos; see 'Your own data' in README.md",
+              "and a folder of videos; see 'Your own data' in docs/pipeline.md",
 }
 
 

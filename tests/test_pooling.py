@@ -154,7 +154,7 @@ def test_combined_parts_use_each_parts_own_pool_mode(tmp_path, pool_a, pool_b, e
 
 @pytest.mark.parametrize("pool, expected", [("max", MAX_A), ("mean", MEAN_A)])
 def test_a_single_part_is_pooled_but_not_normalised(tmp_path, pool, expected):
-    """As the reference's single-backbone inputs: one part keeps its scale (see the README)."""
+    """As the reference's single-backbone inputs: one part keeps its scale (see docs/pipeline.md, "Visual recipes and backbones")."""
     _write_part(tmp_path / "a.h5", "a", {"v1": (FRAMES_A, FRAME_TIMES)})
     combine_parts([{"video_id": "v1", "duration": 3.0}], {"a": (tmp_path / "a.h5", pool)}, 1.5,
                   tmp_path / "combined.h5", {"stage": "visual"})
