@@ -165,6 +165,8 @@ class MSSL(RetrievalModel):
         frame keys and values padded to max_frames rows so that batches stack."""
         clips = self.encode_clips(batch["clips"])  # (B, N, d)
         frame_keys, frame_values, frame_mask = self.encode_frames(batch)
+        real = frame_mask.unsqueeze(-1)  # (B, F, 1): padding rows are zeroed, so a video's rows do not
+        frame_keys, frame_values = frame_keys * real, frame_values * real  # depend on its batch
         padding = self.config.max_frames - frame_mask.shape[1]
         return {"clip_features": clips,
                 "proposal_norms": (self.proposal_weights @ clips).norm(dim=-1),  # (B, P)
