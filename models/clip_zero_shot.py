@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from amdnet.config import ranged
+from amdnet.config import _check_ranges, ranged
 from models.inputs import video_frames
 from models.registry import RetrievalModel, Rows, register_model
 
@@ -25,6 +25,9 @@ from models.registry import RetrievalModel, Rows, register_model
 class ClipZeroShotConfig:
     max_frames: int = ranged(128, minimum=1)  # rows per video (the data layer mean-samples longer videos)
     max_scale: int = ranged(8, minimum=1)  # windows of 1, 2, 4, ... rows up to this many; 1: single rows only
+
+    def __post_init__(self):
+        _check_ranges(self)
 
 
 def window_scales(max_scale: int, max_frames: int) -> list[int]:

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from amdnet.config import ranged
+from amdnet.config import _check_ranges, ranged
 from amdnet.losses import info_nce_loss
 from amdnet.model import AMDNet, AttentionSubLayer, FeatureProjection
 from amdnet.moments import uniform_clip_spans
@@ -46,6 +46,7 @@ class MSSLConfig:
     frame_scale_weight: float = ranged(0.3, minimum=0)
 
     def __post_init__(self):
+        _check_ranges(self)
         if self.hidden_size % self.n_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by n_heads ({self.n_heads})")
         if self.map_size > self.max_frames:
