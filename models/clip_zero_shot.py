@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from amdnet.config import _check_ranges, ranged
 from models.inputs import video_frames
-from models.registry import RetrievalModel, Rows, register_model
+from models.registry import RetrievalModel, Rows, register_model, score_in_chunks
 
 
 @dataclass
@@ -114,7 +114,9 @@ class ClipZeroShot(RetrievalModel):
         return cosines.masked_fill(~videos["window_valid"], float("-inf"))
 
     def score(self, queries: torch.Tensor, videos: Rows) -> torch.Tensor:
-        return self.window_cosines(queries, videos).amax(dim=-1)  # (Q, V)
+        n_windows = videos["windows"].shape[1]
+        return score_in_chunks(lambda q, rows: self.window_cosines(q, rows).amax(dim=-1), queries, videos,
+                               n_windows)  # (Q, V)
 
     def spans(self, queries: torch.Tensor, videos: Rows, clip_spans: torch.Tensor | None, rule: str) -> torch.Tensor:
         """"best_window": the span of the pair's best window; "whole": [0, 1]. (clip_spans is not used:

@@ -25,7 +25,7 @@ from amdnet.moments import uniform_clip_spans
 from models.inputs import l2_normalize, query_tokens, video_frames
 from models.layers import AttentionPooling, PositionalEncoding
 from models.losses import hard_negatives_on, sampled_negative_scores, triplet_loss
-from models.registry import RetrievalModel, Rows, register_model
+from models.registry import RetrievalModel, Rows, register_model, score_in_chunks
 
 
 @dataclass
@@ -185,6 +185,10 @@ class MSSL(RetrievalModel):
         return (per_clip @ self.proposal_weights.T) / proposal_norms.clamp(min=1e-12)
 
     def score(self, queries: torch.Tensor, videos: Rows) -> torch.Tensor:
+        elements = max(self.proposal_weights.shape[0], self.config.hidden_size)  # per (query, video) pair
+        return score_in_chunks(self.score_chunk, queries, videos, elements)
+
+    def score_chunk(self, queries: torch.Tensor, videos: Rows) -> torch.Tensor:
         per_clip = torch.einsum("qd,vnd->qvn", queries, videos["clip_features"])  # (Q, V, N)
         cosines = self.proposal_cosines(per_clip, videos["proposal_norms"])  # (Q, V, P)
         clip_score, key = cosines.max(dim=-1)  # (Q, V) each

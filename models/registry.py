@@ -153,5 +153,19 @@ def concat_rows(parts: list[Rows]) -> Rows:
     return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
 
+# Elements of the (Q, V, ...) intermediate one scoring call may hold: 2^25 float32 values are 128 MiB.
+SCORE_BUDGET = 2 ** 25
+
+
+def score_in_chunks(score: Callable[[torch.Tensor, Rows], torch.Tensor], queries: torch.Tensor, videos: Rows,
+                    elements_per_pair: int) -> torch.Tensor:
+    """score(queries, rows) over slices of the videos, so that Q x v x elements_per_pair stays within
+    SCORE_BUDGET whatever Q and V the caller passes: (Q, V)."""
+    n_videos = next(iter(videos.values())).shape[0]
+    step = max(1, SCORE_BUDGET // max(1, queries.shape[0] * elements_per_pair))
+    return torch.cat([score(queries, take_rows(videos, slice(start, start + step)))
+                      for start in range(0, n_videos, step)], dim=1)
+
+
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -129,3 +129,15 @@ def test_reference_settings_build_and_fit_the_trainer(name, dataset):
     assert all(model.options[key] == value for key, value in settings["model"].items())
     with pytest.raises(ValueError, match="no reference settings for dataset 'msrvtt'"):
         model_class(name).reference_hparams("msrvtt")
+
+
+@pytest.mark.parametrize("name", ["ms-sl", "clip-zero-shot"])
+def test_scores_are_the_same_computed_in_small_slices(name, monkeypatch):
+    """Models with large (Q, V, ...) intermediates score slices of videos within models.registry.SCORE_BUDGET."""
+    model = build(name).eval()
+    batch = batch_for(model)
+    with torch.no_grad():
+        videos, queries = model.represent_videos(batch), model.represent_queries(batch)
+        whole = model.score(queries, videos)
+        monkeypatch.setattr("models.registry.SCORE_BUDGET", 1)  # one video per slice
+        torch.testing.assert_close(model.score(queries, videos), whole)
