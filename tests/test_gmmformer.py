@@ -134,3 +134,39 @@ def test_reference_settings_per_dataset():
     for settings in hparams.values():
         assert settings["train"]["seed"] == 9527 and settings["train"]["patience"] == 10
         create_model("gmmformer", settings["inputs"]["video_dim"], settings["inputs"]["query_dim"], **settings["model"])
+
+
+def test_loss_composes_the_terms_from_the_right_scores():
+    """Deterministic without dropout and with a hard pool of 1 (every negative the hardest)."""
+    from amdnet.losses import info_nce_loss
+
+    model = create_model("gmmformer", VIDEO_DIM, QUERY_DIM, seed=0, **SMALL, hard_pool_size=1).eval()
+    batch = make_batch()
+    terms = model.loss(batch, epoch=31)
+    queries = model.encode_queries(batch)  # (6, d)
+    clips = model.encode_clips(batch["clips"])  # (3, 8, d)
+    video = model.encode_frames(batch)  # (3, d)
+    clip_cos = torch.nn.functional.cosine_similarity(queries[:, None, None], clips[None], dim=-1).amax(dim=-1)
+    clip_dot = (queries[:, None, None] * clips[None]).sum(dim=-1).amax(dim=-1)  # (6, 3)
+    frame_cos = torch.nn.functional.cosine_similarity(queries[:, None], video[None], dim=-1)  # (6, 3)
+    expected = {"clip_nce": 0.05 * info_nce_loss(clip_dot, CAPTION_TO_VIDEO),
+                "clip_trip": triplet_loss(clip_cos, CAPTION_TO_VIDEO, 0.1, True, 1),
+                "frame_nce": 0.04 * info_nce_loss(queries @ video.T, CAPTION_TO_VIDEO),
+                "frame_trip": triplet_loss(frame_cos, CAPTION_TO_VIDEO, 0.1, True, 1),
+                "query_div": 0.001 * query_diversity_loss(queries, CAPTION_TO_VIDEO, 0.15, 32.0)}
+    for name, value in expected.items():
+        assert terms[name].item() == pytest.approx(value.item(), rel=1e-5, abs=1e-7), name
+
+
+def test_uniform_video_side_negatives_are_other_videos_captions():
+    from models.losses import video_negative_scores
+
+    scores = torch.arange(12.0).view(4, 3)  # 4 captions x 3 videos
+    own = torch.tensor([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.bool)
+    torch.manual_seed(0)
+    drawn = [set() for _ in range(3)]
+    for _ in range(200):
+        for video, value in enumerate(video_negative_scores(scores, own, hardest=False).tolist()):
+            drawn[video].add(value)
+    assert drawn == [{6.0, 9.0}, {1.0, 4.0, 10.0}, {2.0, 5.0, 8.0}]
+    assert video_negative_scores(scores, own, hardest=True).tolist() == [9.0, 10.0, 8.0]

@@ -146,3 +146,35 @@ def test_token_queries_are_required():
     batch["queries"] = batch["queries"][:, 0]
     with pytest.raises(ValueError, match="query_input: tokens"):
         model.represent_queries(batch)
+
+
+def test_loss_composes_the_terms_from_the_right_scores():
+    """Without dropout and with a hard pool of 1 every negative is the hardest, so the loss is
+    deterministic: it must equal the four terms computed from explicitly built proposals and frame vectors."""
+    from amdnet.losses import info_nce_loss
+    from models.losses import triplet_loss
+
+    model = create_model("ms-sl", VIDEO_DIM, QUERY_DIM, seed=0, **SMALL, hard_pool_size=1).eval()
+    batch = make_batch()
+    terms = model.loss(batch, epoch=21)  # hard negatives from 0-based epoch 20
+    queries = model.encode_queries(batch)  # (6, d)
+    clips = model.encode_clips(batch["clips"])  # (3, 8, d)
+    proposals = torch.stack([torch.stack([clips[v, start:start + length].mean(dim=0) for length in range(1, 9)
+                                          for start in range(9 - length)]) for v in range(3)])  # (3, 36, d)
+    cos = F.cosine_similarity(queries[:, None, None], proposals[None], dim=-1)  # (6, 3, 36)
+    dot = (queries[:, None, None] * proposals[None]).sum(dim=-1)
+    keys, values, mask = model.encode_frames(batch)
+    attended = []
+    for q, v in enumerate(CAPTION_TO_VIDEO.tolist()):
+        proposal = proposals[v, cos[q, v].argmax()]
+        weights = (keys[v] @ proposal).masked_fill(~mask[v], float("-inf")).softmax(dim=0)
+        attended.append(weights @ values[v])
+    attended = torch.stack(attended)  # (6, d): caption q's own-video frame vector
+    frame_cos = F.cosine_similarity(queries[:, None], attended[None], dim=-1)  # (6, 6)
+    expected = {"clip_nce": 0.02 * info_nce_loss(dot.amax(dim=-1), CAPTION_TO_VIDEO),
+                "clip_trip": triplet_loss(cos.amax(dim=-1), CAPTION_TO_VIDEO, 0.2, True, 1),
+                "frame_nce": 0.04 * frame_nce_loss(queries @ attended.T),
+                "frame_trip": paired_triplet_loss(frame_cos, 0.2, 1)}
+    for name, value in expected.items():
+        assert terms[name].item() == pytest.approx(value.item(), rel=1e-5, abs=1e-7), name
+    assert terms["loss"].item() == pytest.approx(sum(v.item() for v in expected.values()), rel=1e-5)
