@@ -41,6 +41,7 @@ import torch.nn as nn
 
 from amdnet.config import config_from_dict
 from amdnet.optim import parameter_groups
+from models.inputs import QUERY_INPUTS, VIDEO_INPUTS
 
 Rows = dict[str, torch.Tensor]
 
@@ -113,6 +114,9 @@ def register_model(name: str) -> Callable[[type], type]:
             raise ValueError(f"model name {name!r} is already registered by {_MODELS[name].__qualname__}")
         if not issubclass(cls, RetrievalModel):
             raise TypeError(f"{cls.__qualname__} must subclass RetrievalModel")
+        if not set(cls.video_inputs) <= set(VIDEO_INPUTS) or cls.query_input not in QUERY_INPUTS:
+            raise TypeError(f"{cls.__qualname__} must read video inputs among {VIDEO_INPUTS} and a query input "
+                            f"among {QUERY_INPUTS}, got {cls.video_inputs} and {cls.query_input!r}")
         cls.name = name
         _MODELS[name] = cls
         return cls

@@ -141,3 +141,12 @@ def test_scores_are_the_same_computed_in_small_slices(name, monkeypatch):
         whole = model.score(queries, videos)
         monkeypatch.setattr("models.registry.SCORE_BUDGET", 1)  # one video per slice
         torch.testing.assert_close(model.score(queries, videos), whole)
+
+
+def test_a_model_must_declare_inputs_the_batch_has():
+    class Odd(model_class("gmmformer")):
+        video_inputs = ("pixels",)
+
+    with pytest.raises(TypeError, match="video inputs among \\('clips', 'frames'\\)"):
+        register_model("odd")(Odd)
+    assert "odd" not in list_models()
