@@ -43,9 +43,10 @@ class FeatureProjection(nn.Module):
 class AttentionSubLayer(nn.Module):
     """BERT-style self-attention sub-layer without a feed-forward block.
 
-    With `key_masks` (B, H, N), head h's logits are multiplied element-wise by its mask along the
-    key axis. That is the reference's rule: a masked-out key gets logit 0, not -inf, so it still
-    receives weight exp(0) / Z.
+    `logit_weights`, broadcastable to (B, H, N, N), multiply the logits element-wise before the softmax:
+    AMDNet passes head h's moment mask along the key axis, (B, H, 1, N), and GMMFormer a Gaussian around
+    each query position, (B, 1, N, N). That is the references' rule: a weight of 0 gives logit 0, not
+    -inf, so that key still receives weight exp(0) / Z. `key_valid` (B, N) bool leaves padding keys out.
     """
 
     def __init__(self, hidden_size: int, n_heads: int, dropout: float):
@@ -64,17 +65,21 @@ class AttentionSubLayer(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.n_heads, self.head_size).transpose(1, 2)  # (B, H, N, d/H)
 
-    def attention_weights(self, x: torch.Tensor, key_masks: torch.Tensor | None = None) -> torch.Tensor:
+    def attention_weights(self, x: torch.Tensor, logit_weights: torch.Tensor | None = None,
+                          key_valid: torch.Tensor | None = None) -> torch.Tensor:
         queries = self.split_heads(self.query(x))  # (B, H, N, d/H)
         keys = self.split_heads(self.key(x))  # (B, H, N, d/H)
         logits = queries @ keys.transpose(-1, -2) / math.sqrt(self.head_size)  # (B, H, N, N)
-        if key_masks is not None:
-            logits = logits * key_masks.unsqueeze(2)  # (B, H, 1, N): same row for every query position
+        if logit_weights is not None:
+            logits = logits * logit_weights
+        if key_valid is not None:
+            logits = logits.masked_fill(~key_valid[:, None, None, :], float("-inf"))  # (B, 1, 1, N)
         return logits.softmax(dim=-1)  # (B, H, N, N)
 
-    def forward(self, x: torch.Tensor, key_masks: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, logit_weights: torch.Tensor | None = None,
+                key_valid: torch.Tensor | None = None) -> torch.Tensor:
         batch, length, hidden = x.shape
-        weights = self.attention_dropout(self.attention_weights(x, key_masks))  # (B, H, N, N)
+        weights = self.attention_dropout(self.attention_weights(x, logit_weights, key_valid))  # (B, H, N, N)
         values = self.split_heads(self.value(x))  # (B, H, N, d/H)
         context = (weights @ values).transpose(1, 2).reshape(batch, length, hidden)  # (B, N, d)
         return self.norm(x + self.output_dropout(self.dense(context)))  # (B, N, d)
@@ -135,7 +140,7 @@ class AMDNet(nn.Module):
     def init_weights(module: nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
         if isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
@@ -166,7 +171,7 @@ class AMDNet(nn.Module):
         proposals = masks @ embedded  # (B, K, d)
 
         plain = self.self_attention(embedded)  # (B, N, d)
-        masked = self.moment_attention(plain, key_masks=masks)  # (B, N, d)
+        masked = self.moment_attention(plain, logit_weights=masks.unsqueeze(2))  # (B, N, d): per key
         clip_features = (plain + masked) / 2  # V_g: (B, N, d)
         return VideoEncoding(clip_features, global_vector, centers, widths, masks, proposals)
 

@@ -60,7 +60,7 @@ def test_masked_attention_multiplies_logits_along_keys():
     x = torch.randn(1, 5, 8)
     key_masks = torch.ones(1, 2, 5)
     key_masks[0, 1, 3:] = 0.0  # head 1 masks keys 3 and 4
-    weights = layer.attention_weights(x, key_masks)  # (1, 2, 5, 5)
+    weights = layer.attention_weights(x, key_masks.unsqueeze(2))  # (1, 2, 5, 5)
 
     queries = layer.query(x).view(1, 5, 2, 4).transpose(1, 2)
     keys = layer.key(x).view(1, 5, 2, 4).transpose(1, 2)
