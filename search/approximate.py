@@ -53,6 +53,10 @@ _TRAINING_POINTS_PER_LIST = 40  # k-means sample per list: FAISS warns below 39
 _KMEANS_ITERATIONS = 10  # not FAISS's 25: the centroids only route queries, and k-means is most of a build
 _MIN_PQ_VECTORS = 1024  # fewer cannot train 16-centroid PQ codebooks: such a first stage keeps float32 vectors
 _CHUNK = 4096  # videos read at a time when building or streaming: about 100 MB of float16 clips
+# A first stage takes added videos into the lists its coarse quantiser made until the videos added
+# since it was trained exceed this share of those it was trained on; then it is built anew. Measured
+# with `benchmarks/search_scale.py --growth` (see below).
+RETRAIN_GROWTH = 0.5
 
 
 class ApproximateIndexError(ValueError):
@@ -106,8 +110,21 @@ def factory_string(n_vectors: int, dim: int, memory_gb: float) -> str:
     return f"IVF{lists}_HNSW32,PQ{fitting[0]}x4fs"
 
 
+def ids_path(path: Path) -> Path:
+    """Beside a first stage ``<name>.faiss``: ``<name>.ids.npy``, (V,) int64, the FAISS id of each row."""
+    return path.with_name(f"{path.stem}.ids.npy")
+
+
+def needs_retraining(report: dict, added: int) -> bool:
+    """Whether a first stage must be built anew rather than take ``added`` more videos: when the
+    videos added since its coarse quantiser (and PQ codebooks) were trained would exceed
+    RETRAIN_GROWTH of the videos it was trained on."""
+    return report["added_since_training"] + added > RETRAIN_GROWTH * report["trained_videos"]
+
+
 def build_approximate(clip_embeddings, path: Path, settings: ApproximateSettings, seed: int = 0) -> dict:
-    """Writes the first-stage index of a (V, N, d) array (an HDF5 dataset or memory map) to `path`."""
+    """Writes the first-stage index of a (V, N, d) array (an HDF5 dataset or memory map) to `path`,
+    its ids (here each row's own number) to ``ids_path(path)``; returns its report."""
     import faiss
 
     n_videos, n_clips, dim = clip_embeddings.shape
@@ -119,14 +136,70 @@ def build_approximate(clip_embeddings, path: Path, settings: ApproximateSettings
     sample_videos = min(n_videos, math.ceil(_TRAINING_POINTS_PER_LIST * ivf.nlist / per_video))
     rows = np.sort(np.random.default_rng(seed).choice(n_videos, size=sample_videos, replace=False))
     index.train(segment_vectors(clip_embeddings[rows], settings.segment_clips))
-    for start in range(0, n_videos, _CHUNK):
-        segments = segment_vectors(clip_embeddings[start:start + _CHUNK], settings.segment_clips)
-        videos = np.repeat(np.arange(start, start + len(segments) // per_video, dtype=np.int64), per_video)
-        index.add_with_ids(segments, videos)  # a segment's id is its video's row
+    ids = np.arange(n_videos, dtype=np.int64)
+    _add_videos(index, clip_embeddings, np.arange(n_videos), ids, settings.segment_clips)
+    _write(index, ids, path)
+    return {"factory": description, "vectors": int(index.ntotal), "bytes": path.stat().st_size,
+            "quantiser": "trained", "trained_videos": n_videos, "added_since_training": 0,
+            "removed_since_training": 0, "next_id": n_videos}
+
+
+def update_approximate(previous: Path, report: dict, reused: np.ndarray, clip_embeddings, path: Path,
+                       settings: ApproximateSettings) -> dict:
+    """The first stage at ``previous`` (its ``report``) made that of a collection whose row r is the
+    previous row ``reused[r]`` (or, -1, a video added): the vectors of videos no longer there are
+    removed, those of added videos added with new ids; its quantiser is kept. Written to ``path``."""
+    import faiss
+
+    index, previous_ids = _read(previous)  # previous_ids (V_old,)
+    kept = reused >= 0
+    gone = np.setdiff1d(np.arange(len(previous_ids)), reused[kept])
+    if len(gone):
+        index.remove_ids(faiss.IDSelectorBatch(previous_ids[gone]))
+    added = np.flatnonzero(~kept)
+    ids = np.empty(len(reused), dtype=np.int64)  # (V,) a kept video keeps its id: its vectors stay as they are
+    ids[kept] = previous_ids[reused[kept]]
+    ids[added] = report["next_id"] + np.arange(len(added))
+    _add_videos(index, clip_embeddings, added, ids[added], settings.segment_clips)
+    _write(index, ids, path)
+    return {**report, "vectors": int(index.ntotal), "bytes": path.stat().st_size, "quantiser": "kept",
+            "added_since_training": report["added_since_training"] + len(added),
+            "removed_since_training": report["removed_since_training"] + len(gone),
+            "next_id": report["next_id"] + len(added), "added": len(added), "removed": len(gone)}
+
+
+def _add_videos(index, clip_embeddings, rows: np.ndarray, ids: np.ndarray, segment_clips: int) -> None:
+    """Adds the segment vectors of the videos at ``rows`` (increasing), each with its video's id."""
+    per_video = math.ceil(clip_embeddings.shape[1] / segment_clips)
+    for start in range(0, len(rows), _CHUNK):
+        block = rows[start:start + _CHUNK]
+        contiguous = len(block) and block[-1] - block[0] == len(block) - 1
+        clips = clip_embeddings[block[0]:block[-1] + 1] if contiguous else clip_embeddings[block]
+        index.add_with_ids(segment_vectors(clips, segment_clips), np.repeat(ids[start:start + len(block)], per_video))
+
+
+def _write(index, ids: np.ndarray, path: Path) -> None:
+    import faiss
+
     partial = path.with_name(path.name + ".partial")
     faiss.write_index(index, str(partial))
+    np.save(ids_path(partial), ids)
+    os.replace(ids_path(partial), ids_path(path))
     os.replace(partial, path)
-    return {"factory": description, "vectors": int(index.ntotal), "bytes": path.stat().st_size}
+
+
+def _read(path: Path):
+    """The first stage at ``path`` and its ids (V,): each row's FAISS id."""
+    import faiss
+
+    for needed in (path, ids_path(path)):
+        if not needed.is_file():
+            raise ApproximateIndexError(f"{needed}: missing (the index's first stage); rebuild the index")
+    try:
+        return faiss.read_index(str(path)), np.load(ids_path(path))
+    except (RuntimeError, ValueError) as error:
+        raise ApproximateIndexError(f"{path}: not a readable FAISS index "
+                                    f"({str(error).strip().splitlines()[-1]}); rebuild the index") from None
 
 
 @contextmanager
@@ -151,18 +224,15 @@ class ApproximateScorer:
     def __init__(self, path: Path, clip_embeddings: np.ndarray, settings: ApproximateSettings):
         import faiss
 
-        if not path.is_file():
-            raise ApproximateIndexError(f"{path}: missing (the index's first stage); rebuild the index")
-        try:
-            self.index = faiss.read_index(str(path))
-        except RuntimeError as error:
-            raise ApproximateIndexError(f"{path}: not a readable FAISS index "
-                                        f"({str(error).strip().splitlines()[-1]}); rebuild the index") from None
+        self.index, ids = _read(path)  # ids (V,): the FAISS id of each row
+        self.id_order = np.argsort(ids)  # rows by id: a found id's row by binary search
+        self.sorted_ids = ids[self.id_order]
         self.clips = clip_embeddings  # (V, N, d), memory-mapped: only candidates' rows are read
         self.clips_file = open(clip_embeddings.filename, "rb") if isinstance(clip_embeddings, np.memmap) else None
         self.n_videos, self.n_clips, dim = clip_embeddings.shape
-        if self.index.d != dim:
-            raise ApproximateIndexError(f"{path}: vectors of {self.index.d} dimensions, the index's clips have {dim}")
+        if self.index.d != dim or len(ids) != self.n_videos:
+            raise ApproximateIndexError(f"{path}: vectors of {self.index.d} dimensions for {len(ids)} videos, the "
+                                        f"index has {self.n_videos} videos of {dim}-dimensional clips; rebuild it")
         ivf = faiss.extract_index_ivf(self.index)
         ivf.nprobe = settings.nprobe
         faiss.downcast_index(ivf.quantizer).hnsw.efSearch = max(2 * settings.nprobe, 64)  # >= nprobe lists found
@@ -171,8 +241,8 @@ class ApproximateScorer:
     def candidate_rows(self, query: np.ndarray) -> np.ndarray:
         """(d,) query -> the sorted rows of the videos whose segments the first stage ranks highest."""
         with faiss_threads(1):
-            _, ids = self.index.search(query[None], self.candidates)  # (1, candidates) video rows, -1 padded
-        return np.unique(ids[ids >= 0])
+            _, ids = self.index.search(query[None], self.candidates)  # (1, candidates) video ids, -1 padded
+        return np.unique(self.id_order[np.searchsorted(self.sorted_ids, ids[ids >= 0])])
 
     def prefetch(self, rows: np.ndarray) -> None:
         """Asks the kernel for every candidate's clips at once, so that the disk reads them in parallel

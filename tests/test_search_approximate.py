@@ -83,6 +83,7 @@ def test_a_broken_or_missing_first_stage_names_its_file(collection, tmp_path):
     with pytest.raises(ApproximateIndexError, match=f"{tmp_path / APPROXIMATE_FILE}: missing"):
         ApproximateScorer(tmp_path / APPROXIMATE_FILE, clips, SETTINGS)
     (tmp_path / APPROXIMATE_FILE).write_bytes(b"not an index")
+    np.save(tmp_path / "approximate.ids.npy", np.arange(len(clips)))
     with pytest.raises(ApproximateIndexError, match=f"{tmp_path / APPROXIMATE_FILE}: not a readable FAISS index"):
         ApproximateScorer(tmp_path / APPROXIMATE_FILE, clips, SETTINGS)
 
