@@ -238,7 +238,7 @@ def _first_stage(partial: Path, out_dir: Path, previous: Path | None, reused: np
         if old is not None and not needs_retraining(old, int(np.sum(reused < 0))):
             return update_approximate(previous / APPROXIMATE_FILE, old, reused, clips, out_dir / APPROXIMATE_FILE,
                                       settings)
-        return build_approximate(clips, out_dir / APPROXIMATE_FILE, settings)
+        return {**build_approximate(clips, out_dir / APPROXIMATE_FILE, settings), "trained_in": out_dir.name}
 
 
 def _previous_first_stage(previous: Path | None, settings: ApproximateSettings) -> dict | None:
