@@ -139,18 +139,26 @@ def test_a_superseded_index_that_a_searcher_holds_is_kept_until_released(demo, t
 
 
 def test_an_approximate_index_updates_its_first_stage(demo, tmp_path):
-    """The first stage is the superseded index's with the added video's vectors (its quantiser kept);
-    every video is a candidate in so small an index, so it answers as the full rebuild does."""
+    """The first stage is the superseded index's with the added video's vectors, its quantiser kept
+    while the videos added since it was trained stay within RETRAIN_GROWTH (15%) of those it was
+    trained on (1 of 7), then trained anew (2 of 7). Every video is a candidate in so small an index,
+    so it answers as the full rebuild does."""
     config, _, _ = demo
     folder = tmp_path / "footage"
-    for name, source in (("bars.mp4", "smptebars"), ("card.mp4", "testsrc"), ("fractal.mp4", "mandelbrot")):
-        _video(folder / name, source)
+    sources = ("smptebars", "testsrc", "mandelbrot", "rgbtestsrc", "testsrc2", "smptehdbars", "yuvtestsrc")
+    for number, source in enumerate(sources):
+        _video(folder / f"{number}.mp4", source, seconds=2.0)
     overrides = "search.method=approximate"
     first = _index(config, folder, overrides)
     assert _manifest(first)["approximate"]["quantiser"] == "trained"
-    os.replace(folder / "card.mp4", folder / "renamed.mp4")  # a removal and an addition
+    os.replace(folder / "1.mp4", folder / "renamed-1.mp4")  # a removal and an addition
     second = _index(config, folder, overrides)
     report = _manifest(second)["approximate"]
-    assert (report["quantiser"], report["added"], report["removed"], report["trained_videos"]) == ("kept", 1, 1, 3)
-    assert _manifest(second)["encoded"] == 1
+    assert (report["quantiser"], report["added"], report["removed"], report["trained_videos"]) == ("kept", 1, 1, 7)
+    assert report["trained_in"] == first.out_dir.name and _manifest(second)["encoded"] == 1
     _assert_same_answers(second, _full_rebuild(second, tmp_path / "full"))
+    os.replace(folder / "2.mp4", folder / "renamed-2.mp4")
+    third = _index(config, folder, overrides)
+    report = _manifest(third)["approximate"]
+    assert (report["quantiser"], report["trained_in"], report["trained_videos"]) == ("trained", third.out_dir.name, 7)
+    assert _manifest(third)["encoded"] == 1
