@@ -51,7 +51,7 @@ from amdnet.data import video_clips
 from amdnet.evaluate import load_model
 from amdnet.moments import clip_spans
 from pipeline.store import entry_name
-from pipeline.superseded import held_for_reading
+from pipeline.superseded import ReaderHold, SupersededFolder, held_for_reading
 from pipeline.video_cache import VideoCache
 from search.approximate import (APPROXIMATE_FILE, ApproximateSettings, build_approximate, choose_method,
                                 needs_retraining, update_approximate)
@@ -101,8 +101,10 @@ def build_index(checkpoint: Path, videos: list[dict], video_features: Path, subt
     model, train_config = load_model(state, torch_device)
     model.eval()
     map_size = model.config.map_size
+    held = _hold(previous)
+    previous = previous if held is not None else None
     with read_features(video_features, subtitle_features if train_config.use_subtitles else None) as features, \
-            (held_for_reading(previous) if previous is not None else nullcontext()):
+            (held or nullcontext()):
         present = [video for video in videos if entry_name(video["video_id"]) in features.present]
         missing = [video["video_id"] for video in videos if entry_name(video["video_id"]) not in features.present]
         if not present:
@@ -141,6 +143,18 @@ def build_index(checkpoint: Path, videos: list[dict], video_features: Path, subt
                 index.attrs["first_stage"] = json.dumps(report["approximate"])
     os.replace(partial, final)
     return report
+
+
+def _hold(previous: Path | None) -> ReaderHold | None:
+    """The superseded index held for reading while its rows are copied; None if there is none (or
+    another publisher deleted it meanwhile: then everything is encoded)."""
+    if previous is None:
+        return None
+    try:
+        return held_for_reading(previous, required=INDEX_FILE)
+    except SupersededFolder as error:
+        log.warning("%s; encoding every video", error)
+        return None
 
 
 def _write_strings(index: h5py.File, present: list[dict], playable: list) -> None:
