@@ -29,8 +29,11 @@ videos and from added ones; the ratio of the times is printed. The rows of the g
 written once (an incremental index copies the unchanged rows, a full rebuild writes them all: the same
 cost; a full rebuild also encodes every video through the model, which synthetic clips skip).
 
-    python benchmarks/search_scale.py --growth 0.01 --base 100000              # 1% added to 100k
-    python benchmarks/search_scale.py --growth 0.1,0.25,0.5,1,2 --base 20000    # when to retrain
+    OMP_NUM_THREADS=1 python benchmarks/search_scale.py --growth 0.01 --base 100000   # 1% added to 100k
+    OMP_NUM_THREADS=1 python benchmarks/search_scale.py --growth 0.1,0.25,0.5,1,2 --base 20000 --nprobe 96
+
+(One OpenMP thread: on the 2-core machine shared with other jobs, FAISS's two spinning threads made
+a 3k-video build take 61 s instead of 5 s. The figures are in search/approximate.py's docstring.)
 """
 from __future__ import annotations
 
