@@ -41,11 +41,13 @@ collection (``<name>.ids.npy`` maps rows to ids), so an index of the grown colle
 vectors of videos gone (`remove_ids`) and adds those of new ones (`add_with_ids`, new ids) to the
 superseded index's first stage, keeping its coarse quantiser and PQ codebooks. Measured with
 `benchmarks/search_scale.py --growth` (added videos of topics the base lacks: new footage, the hard
-case; one FAISS thread; the 2-core VM at load 5-9), recall@10 against exact on the grown collection,
+case; one FAISS thread; the 2-core VM at load 5-15), recall@10 against exact on the grown collection,
 for queries from base videos / from added ones:
 
     base     added   lists probed  rebuilt: time   recall         updated: time  recall
     100,000  1%      768 of 512    64.8 s          1.000 / 0.997  1.3 s          0.998 / 0.999
+    100,000  1%      192 of 512    97.5 s          0.998 / 0.997  1.4 s          0.998 / 0.935
+    100,000  15%     192 of 512    159.5 s         0.998 / 0.997  23.5 s         0.997 / 0.934
     20,000   10%     96 of 256     28.0 s          1.000 / 0.998  1.4 s          0.999 / 0.934
     20,000   25%     96 of 256     52.0 s          0.999 / 1.000  5.8 s          0.999 / 0.938
     20,000   50%     96 of 256     50.5 s          0.999 / 1.000  8.5 s          0.999 / 0.932
