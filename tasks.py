@@ -427,9 +427,16 @@ class Index(Stage):
     The model comes from the dataset's own config (``--dataset``, ``--set``); the collection is that
     same config with the ``collection`` overrides on top, e.g. ``data.source=folder data.root=/footage``:
     its visual (and subtitle) features are extracted with the model's own recipe.
+
+    A changed collection gets a new folder (its fingerprint covers the videos), built from the index it
+    supersedes: the newest complete folder of the same *lineage* (this stage's fingerprint without the
+    collection's content: the checkpoint, the search settings, the collection's location and recipe).
+    Each video is keyed by the checkpoint and its feature-cache entries (``video_keys``); only videos
+    whose key the superseded index lacks are encoded (search/index.py). Once this folder is published,
+    the folders it supersedes are deleted unless a searcher holds them (pipeline/superseded.py).
     """
 
-    stage, version = "index", "2"  # 2: exact or approximate search (search.method), float16 clips when approximate
+    stage, version = "index", "3"  # 3: per-video keys, incremental updates, proxies in the per-video cache
     reads = ("search.split", "search.method", "search.exact_max_videos", "search.approximate")
     collection = luigi.Parameter(default="", description='overrides naming the collection to index, e.g. '
                                                          '"data.source=folder data.root=/footage"; empty: the dataset')
@@ -444,17 +451,76 @@ class Index(Stage):
             stages["subtitles"] = self._collection_stage(SubtitleFeatures)
         return stages
 
+    @cached_property
+    def lineage(self) -> str:
+        """What this index is of, whatever the collection holds now: folders of one lineage supersede
+        each other. The collection's data section says where it is, its visual and text sections how
+        its features are made."""
+        from pipeline.config import result_subset
+        from pipeline.stage import hash_payload
+
+        collection = self.upstream()["dataset"].config
+        return hash_payload({"stage": self.stage, "version": self.version, "config": result_subset(self.config, self.reads),
+                             "train": self.upstream()["train"].fingerprint,
+                             "collection": result_subset(collection, ("data", "visual", "text"))})
+
+    def run(self):
+        from pipeline.superseded import retire_superseded
+
+        super().run()
+        retire_superseded(self.out_dir.parent, self.lineage, keep=self.out_dir)
+
     def build(self, out_dir):
-        from search.index import build_index
+        from pipeline.superseded import lineage_folders
+
+        previous = next(iter(lineage_folders(out_dir.parent, self.lineage)), None)
+        return self.build_into(out_dir, previous)
+
+    def build_into(self, out_dir: Path, previous: Path | None) -> dict:
+        """The index in ``out_dir``, reusing the rows of unchanged videos from the ``previous`` index folder."""
+        from pipeline.stage import stage_lock
+        from pipeline.video_cache import CACHE_FOLDER, VideoCache, write_entries_list
+        from search.index import PROXY_SETTINGS, build_index
 
         stages, split = self.upstream(), self.config["search"]["split"]
-        videos = self.dataset_videos(split)
+        videos = self.keyed_videos(self.dataset_videos(split))
         subtitles = stages.get("subtitles")
-        return build_index(self.upstream_dir("train") / "best.pt", videos, stages["visual"].features,
-                           None if subtitles is None else subtitles.features, stages["dataset"].config["text"],
-                           out_dir, {"stage": self.stage, "fingerprint": self.fingerprint,
-                                     "frame_fps": stages["dataset"].config["data"]["frame_fps"]},
-                           self.config["search"], device=self.config["search"]["device"])
+        dataset_dir = self.out_dir.parent.parent
+        proxies = VideoCache.for_stage(dataset_dir, PROXY_SETTINGS["stage"], PROXY_SETTINGS, ".mp4")
+        with stage_lock(dataset_dir / CACHE_FOLDER, shared=True):  # no clean-up of proxies before they are listed
+            report = build_index(self.upstream_dir("train") / "best.pt", videos, stages["visual"].features,
+                                 None if subtitles is None else subtitles.features, stages["dataset"].config["text"],
+                                 out_dir, {"stage": self.stage, "fingerprint": self.fingerprint,
+                                           "frame_fps": stages["dataset"].config["data"]["frame_fps"]},
+                                 self.config["search"], proxies, previous, device=self.config["search"]["device"])
+            write_entries_list(out_dir, [proxy for video in videos if (proxy := proxies.path(video)).is_file()],
+                               dataset_dir / CACHE_FOLDER)
+        return {**report, "lineage": self.lineage}
+
+    def keyed_videos(self, videos: list[dict]) -> list[dict]:
+        """The records with their ``index_key``: the checkpoint, the video's entries in the feature cache
+        of every visual part (its identity, duration and the part's settings), the settings that pool
+        them and, when the model reads subtitles, the video's subtitles and their settings."""
+        from pipeline.stage import hash_payload
+
+        stages = self.upstream()
+        parts = stages["visual"].parts
+        records = {name: {video["video_id"]: video for video in part.videos()} for name, part in parts.items()}
+        common = {"train": stages["train"].fingerprint, "visual": stages["visual"]._fingerprint_payload()["config"],
+                  "visual_version": stages["visual"].version}
+        subtitles_of = {}
+        if "subtitles" in stages:
+            common["subtitles"] = [stages["subtitles"].version, stages["subtitles"]._fingerprint_payload()["config"]]
+            subtitles_of = {entry["video_id"]: entry["sub"] for entry in read_jsonl(self.upstream_dir("dataset") /
+                                                                                    "subtitles.jsonl")}
+        keyed = []
+        for video in videos:
+            entries = {name: part.cache.path(records[name][video["video_id"]]).relative_to(part.cache_root).as_posix()
+                       for name, part in parts.items()}
+            key = hash_payload({**common, "entries": entries, "duration": video["duration"],
+                                "subtitles": subtitles_of.get(video["video_id"], [])})
+            keyed.append({**video, "index_key": key})
+        return keyed
 
     def dataset_videos(self, split: str | None) -> list[dict]:
         """The collection's videos; with a split, those with queries in it, in Evaluate's order (a

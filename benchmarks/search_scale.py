@@ -19,6 +19,21 @@ reference) is computed by streaming the collection once for all queries; at the 
 RAM the float32 collection is kept too, so float16 storage is measured against float32 exact.
 
     python benchmarks/search_scale.py --sizes 100000,1000000 --queries 200
+
+With --growth, it measures an index that grows (search/index.py, approximate.update_approximate): a
+base collection of --base videos gets `growth` x base videos added (of topics the base does not
+have: new footage), and the first stage is updated (the base's, with the added videos' vectors
+added under new ids, its quantiser kept) or built anew on the grown collection. Both are timed and
+their recall@10 measured against the exact top-10 of the grown collection, on queries from base
+videos and from added ones; the ratio of the times is printed. The rows of the grown collection are
+written once (an incremental index copies the unchanged rows, a full rebuild writes them all: the same
+cost; a full rebuild also encodes every video through the model, which synthetic clips skip).
+
+    OMP_NUM_THREADS=1 python benchmarks/search_scale.py --growth 0.01 --base 100000   # 1% added to 100k
+    OMP_NUM_THREADS=1 python benchmarks/search_scale.py --growth 0.1,0.25,0.5,1,2 --base 20000 --nprobe 96
+
+(One OpenMP thread: on the 2-core machine shared with other jobs, FAISS's two spinning threads made
+a 3k-video build take 61 s instead of 5 s. The figures are in search/approximate.py's docstring.)
 """
 from __future__ import annotations
 
@@ -32,7 +47,8 @@ import h5py
 import numpy as np
 import torch
 
-from search.approximate import ApproximateScorer, ApproximateSettings, build_approximate, streamed_top_k
+from search.approximate import (ApproximateScorer, ApproximateSettings, build_approximate, streamed_top_k,
+                                update_approximate)
 from search.index import memory_map
 
 N_CLIPS, DIM = 32, 384
@@ -207,6 +223,92 @@ def table_row(size: int, method: str, result: dict) -> str:
             f"{result['peak_rss']:.2f} | {result['anon_rss']:.2f} |")
 
 
+def write_collection(path: Path, n_videos: int, seed: int, topics: torch.Tensor) -> None:
+    """(n_videos, N, d) float16 clips in an index-like contiguous HDF5 file, once."""
+    if path.is_file():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with h5py.File(partial, "w") as file:
+        array = file.create_dataset("clip_embeddings", (n_videos, N_CLIPS, DIM), dtype="float16")
+        for chunk, start in enumerate(range(0, n_videos, CHUNK)):
+            array[start:start + min(CHUNK, n_videos - start)] = generate_chunk(seed, chunk, min(CHUNK, n_videos - start),
+                                                                               topics).numpy()
+    os.replace(partial, path)
+
+
+def clip_queries(clips: np.ndarray, n_queries: int, seed: int) -> torch.Tensor:
+    """(Q, d) queries: a random clip of each of Q random videos of ``clips`` plus noise, as generate()."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(len(clips), generator=generator)[:n_queries].sort().values.numpy()
+    chosen = torch.from_numpy(np.asarray(clips[rows], dtype=np.float32))  # (Q, N, d)
+    sources = chosen[torch.arange(len(rows)), torch.randint(N_CLIPS, (len(rows),), generator=generator)]
+    return unit(sources + QUERY_NOISE * random_unit(generator, len(rows)))
+
+
+def growth_run(folder: Path, base_size: int, growth: float, n_queries: int, settings) -> dict:
+    """Base + growth x base videos: the first stage updated from the base's against built anew."""
+    added_size = max(1, round(growth * base_size))
+    base_path = folder / "base.h5"
+    write_collection(base_path, base_size, 0, random_unit(torch.Generator().manual_seed(-1),
+                                                          max(1, base_size // VIDEOS_PER_TOPIC)))
+    added_path = folder / f"added-{added_size}.h5"
+    write_collection(added_path, added_size, 1, random_unit(torch.Generator().manual_seed(-3),
+                                                            max(1, added_size // VIDEOS_PER_TOPIC)))
+    base_stage = folder / "base.faiss"
+    report_path = folder / "base.json"
+    if not report_path.is_file():
+        with h5py.File(base_path, "r") as file:
+            report_path.write_text(json.dumps(build_approximate(memory_map(base_path, file, "clip_embeddings"),
+                                                                base_stage, settings)))
+    base_report = json.loads(report_path.read_text())
+    grown_path = folder / f"grown-{added_size}.h5"
+    started = time.perf_counter()
+    with h5py.File(base_path, "r") as base, h5py.File(added_path, "r") as added, \
+            h5py.File(grown_path, "w") as grown:  # the rows, as an index build writes them
+        array = grown.create_dataset("clip_embeddings", (base_size + added_size, N_CLIPS, DIM), dtype="float16")
+        for source, offset in ((base, 0), (added, base_size)):
+            clips = source["clip_embeddings"]
+            for start in range(0, len(clips), CHUNK):
+                block = clips[start:start + CHUNK]
+                array[offset + start:offset + start + len(block)] = block
+    rows_s = time.perf_counter() - started
+    with h5py.File(grown_path, "r") as file:
+        clips = memory_map(grown_path, file, "clip_embeddings")  # (V + A, N, d)
+    started = time.perf_counter()
+    full = build_approximate(clips, folder / "full.faiss", settings)
+    full_s = time.perf_counter() - started
+    reused = np.concatenate([np.arange(base_size), np.full(added_size, -1)])  # the base's rows, then the added
+    started = time.perf_counter()
+    updated = update_approximate(base_stage, base_report, reused, clips, folder / "updated.faiss", settings)
+    update_s = time.perf_counter() - started
+    half = n_queries // 2
+    queries = torch.cat([clip_queries(clips[:base_size], half, 10), clip_queries(clips[base_size:], half, 11)])
+    _, exact = streamed_top_k(clips, queries, 10)  # (Q, 10)
+    result = {"base": base_size, "added": added_size, "rows_s": rows_s, "full_s": full_s, "update_s": update_s,
+              "full_factory": full["factory"], "updated_factory": updated["factory"]}
+    for name in ("full", "updated"):
+        found, seconds = timed_queries(ApproximateScorer(folder / f"{name}.faiss", clips, settings), queries, 10)
+        result[f"{name}_recall_base"] = recall_at_k(found[:half], exact.numpy()[:half])
+        result[f"{name}_recall_added"] = recall_at_k(found[half:], exact.numpy()[half:])
+        result[f"{name}_p50_ms"] = 1000 * float(np.median(seconds))
+    grown_path.unlink()  # as big as the base: one grown collection on disk at a time
+    return result
+
+
+def growth_table(args, settings) -> None:
+    print("| base | added | first stage: full rebuild | updated | update / full time | rows written | "
+          "recall@10 full (base / added queries) | updated | p50 ms full / updated |\n"
+          "|---|---|---|---|---|---|---|---|---|", flush=True)
+    for growth in (float(value) for value in args.growth.split(",")):
+        r = growth_run(Path(args.workdir) / f"growth-{args.base}", args.base, growth, args.queries, settings)
+        print(f"| {r['base']:,} | {r['added']:,} ({100 * growth:g}%) | {r['full_s']:.1f} s ({r['full_factory']}) | "
+              f"{r['update_s']:.1f} s ({r['updated_factory']}) | {r['update_s'] / r['full_s']:.3f} | "
+              f"{r['rows_s']:.1f} s | {r['full_recall_base']:.3f} / {r['full_recall_added']:.3f} | "
+              f"{r['updated_recall_base']:.3f} / {r['updated_recall_added']:.3f} | "
+              f"{r['full_p50_ms']:.1f} / {r['updated_p50_ms']:.1f} |", flush=True)
+
+
 def main() -> None:
     from pipeline.config import SCHEMA
 
@@ -219,12 +321,18 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="instead of the table: recall and latency of "
                                                              "segment_clips x nprobe x candidates")
     parser.add_argument("--sweep-segments", default="32,8,4", help="segment_clips values the sweep builds")
+    parser.add_argument("--growth", default="", help="instead of the table: growth ratios (0.01 = 1%% added) of "
+                                                     "an index updated against rebuilt")
+    parser.add_argument("--base", type=int, default=100_000, help="videos before the growth (--growth)")
     for name, value in defaults.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value,
                             help=f"search.approximate.{name} (default {value})")
     args = parser.parse_args()
     settings = ApproximateSettings(**{name: getattr(args, name) for name in defaults})
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {settings}", flush=True)
+    if args.growth:
+        growth_table(args, settings)
+        return
     rows = ["| videos | search | recall@10 | p50 ms | p95 ms | build min | disk GiB | peak RSS GiB | anon RSS GiB |",
             "|---|---|---|---|---|---|---|---|---|"]
     for size in (int(value) for value in args.sizes.split(",") if value):

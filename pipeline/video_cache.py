@@ -150,9 +150,17 @@ def used_entries(dataset_dir: Path) -> set[str]:
 def clean(dataset_dir: Path, dry_run: bool = False) -> tuple[int, int]:
     """Removes the cache entries no stage folder uses (and leftovers of killed writers); returns the
     number of files and bytes removed (or that would be, with ``dry_run``). Holds the cache lock
-    exclusively, so it waits for running extractions, which hold it shared."""
+    exclusively, so it waits for running extractions, which hold it shared. Superseded stage folders
+    (older indexes of a collection, pipeline.superseded) that no reader holds go first, and with them
+    their claim on entries (browser proxies)."""
     from pipeline.stage import stage_lock
+    from pipeline.superseded import retire_all_superseded
 
+    deleted, held = retire_all_superseded(dataset_dir, dry_run)
+    for folder in deleted:
+        print(f"{folder}: {'would remove' if dry_run else 'removed'} (superseded)")
+    for folder in held:
+        print(f"{folder}: superseded, kept while a searcher reads it")
     cache_root = Path(dataset_dir) / CACHE_FOLDER
     if not cache_root.is_dir():
         return 0, 0

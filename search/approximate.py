@@ -35,6 +35,35 @@ p50 33 / 33 / 36 ms (384 with 256 candidates: 0.911). The defaults are 768 lists
 
 Re-scoring asks the kernel for all candidates' clips at once (`prefetch`): read one after the other
 from a collection larger than the page cache, 150 candidates took 220 ms at 1M; prefetched, 13 ms.
+
+A collection that grows (`update_approximate`): a FAISS id is a video's for as long as it is in the
+collection (``<name>.ids.npy`` maps rows to ids), so an index of the grown collection removes the
+vectors of videos gone (`remove_ids`) and adds those of new ones (`add_with_ids`, new ids) to the
+superseded index's first stage, keeping its coarse quantiser and PQ codebooks. Measured with
+`benchmarks/search_scale.py --growth` (added videos of topics the base lacks: new footage, the hard
+case; one FAISS thread; the 2-core VM at load 5-15), recall@10 against exact on the grown collection,
+for queries from base videos / from added ones:
+
+    base     added   lists probed  rebuilt: time   recall         updated: time  recall
+    100,000  1%      768 of 512    64.8 s          1.000 / 0.997  1.3 s          0.998 / 0.999
+    100,000  1%      192 of 512    97.5 s          0.998 / 0.997  1.4 s          0.998 / 0.935
+    100,000  15%     192 of 512    159.5 s         0.998 / 0.997  23.5 s         0.997 / 0.934
+    20,000   10%     96 of 256     28.0 s          1.000 / 0.998  1.4 s          0.999 / 0.934
+    20,000   25%     96 of 256     52.0 s          0.999 / 1.000  5.8 s          0.999 / 0.938
+    20,000   50%     96 of 256     50.5 s          0.999 / 1.000  8.5 s          0.999 / 0.932
+    20,000   100%    96 of 512*    126 s           0.999 / 1.000  23.2 s         0.999 / 0.922
+    20,000   200%    96 of 512*    28.4 s          1.000 / 0.997  9.2 s          0.999 / 0.912
+
+(* the rebuilt one has 512 lists, the updated one keeps 256; the rebuild times swing with the load.)
+Base videos keep their recall however much is added. Queries about added videos keep theirs while
+a query probes every list (the defaults up to about 150k videos), so the PQ codes trained on the base
+encode new content well enough; when it probes a share of the lists (37.5% here, as at 1M videos),
+they lose about 0.07 at once, hardly more as the collection grows: the quantiser has no lists near
+the new topics. A query is about an added video with about the added share of probability, so the
+loss of recall over all queries is about 0.07 x added / (base + added): RETRAIN_GROWTH = 0.15 keeps it
+under 0.01 (0.15 / 1.15 x 0.07 = 0.009), after which the first stage is built anew on the grown
+collection; the index's manifest says which (``approximate.quantiser``: "trained" or "kept", with
+``trained_in``, ``trained_videos`` and the videos added and removed since).
 """
 from __future__ import annotations
 
@@ -53,6 +82,10 @@ _TRAINING_POINTS_PER_LIST = 40  # k-means sample per list: FAISS warns below 39
 _KMEANS_ITERATIONS = 10  # not FAISS's 25: the centroids only route queries, and k-means is most of a build
 _MIN_PQ_VECTORS = 1024  # fewer cannot train 16-centroid PQ codebooks: such a first stage keeps float32 vectors
 _CHUNK = 4096  # videos read at a time when building or streaming: about 100 MB of float16 clips
+# A first stage takes added videos into the lists its coarse quantiser made until the videos added
+# since it was trained exceed this share of those it was trained on; then it is built anew. Measured
+# with `benchmarks/search_scale.py --growth` (see "A collection that grows" above).
+RETRAIN_GROWTH = 0.15
 
 
 class ApproximateIndexError(ValueError):
@@ -106,8 +139,21 @@ def factory_string(n_vectors: int, dim: int, memory_gb: float) -> str:
     return f"IVF{lists}_HNSW32,PQ{fitting[0]}x4fs"
 
 
+def ids_path(path: Path) -> Path:
+    """Beside a first stage ``<name>.faiss``: ``<name>.ids.npy``, (V,) int64, the FAISS id of each row."""
+    return path.with_name(f"{path.stem}.ids.npy")
+
+
+def needs_retraining(report: dict, added: int) -> bool:
+    """Whether a first stage must be built anew rather than take ``added`` more videos: when the
+    videos added since its coarse quantiser (and PQ codebooks) were trained would exceed
+    RETRAIN_GROWTH of the videos it was trained on."""
+    return report["added_since_training"] + added > RETRAIN_GROWTH * report["trained_videos"]
+
+
 def build_approximate(clip_embeddings, path: Path, settings: ApproximateSettings, seed: int = 0) -> dict:
-    """Writes the first-stage index of a (V, N, d) array (an HDF5 dataset or memory map) to `path`."""
+    """Writes the first-stage index of a (V, N, d) array (an HDF5 dataset or memory map) to `path`,
+    its ids (here each row's own number) to ``ids_path(path)``; returns its report."""
     import faiss
 
     n_videos, n_clips, dim = clip_embeddings.shape
@@ -119,14 +165,70 @@ def build_approximate(clip_embeddings, path: Path, settings: ApproximateSettings
     sample_videos = min(n_videos, math.ceil(_TRAINING_POINTS_PER_LIST * ivf.nlist / per_video))
     rows = np.sort(np.random.default_rng(seed).choice(n_videos, size=sample_videos, replace=False))
     index.train(segment_vectors(clip_embeddings[rows], settings.segment_clips))
-    for start in range(0, n_videos, _CHUNK):
-        segments = segment_vectors(clip_embeddings[start:start + _CHUNK], settings.segment_clips)
-        videos = np.repeat(np.arange(start, start + len(segments) // per_video, dtype=np.int64), per_video)
-        index.add_with_ids(segments, videos)  # a segment's id is its video's row
+    ids = np.arange(n_videos, dtype=np.int64)
+    _add_videos(index, clip_embeddings, np.arange(n_videos), ids, settings.segment_clips)
+    _write(index, ids, path)
+    return {"factory": description, "vectors": int(index.ntotal), "bytes": path.stat().st_size,
+            "quantiser": "trained", "trained_videos": n_videos, "added_since_training": 0,
+            "removed_since_training": 0, "next_id": n_videos}
+
+
+def update_approximate(previous: Path, report: dict, reused: np.ndarray, clip_embeddings, path: Path,
+                       settings: ApproximateSettings) -> dict:
+    """The first stage at ``previous`` (its ``report``) made that of a collection whose row r is the
+    previous row ``reused[r]`` (or, -1, a video added): the vectors of videos no longer there are
+    removed, those of added videos added with new ids; its quantiser is kept. Written to ``path``."""
+    import faiss
+
+    index, previous_ids = _read(previous)  # previous_ids (V_old,)
+    kept = reused >= 0
+    gone = np.setdiff1d(np.arange(len(previous_ids)), reused[kept])
+    if len(gone):
+        index.remove_ids(faiss.IDSelectorBatch(previous_ids[gone]))
+    added = np.flatnonzero(~kept)
+    ids = np.empty(len(reused), dtype=np.int64)  # (V,) a kept video keeps its id: its vectors stay as they are
+    ids[kept] = previous_ids[reused[kept]]
+    ids[added] = report["next_id"] + np.arange(len(added))
+    _add_videos(index, clip_embeddings, added, ids[added], settings.segment_clips)
+    _write(index, ids, path)
+    return {**report, "vectors": int(index.ntotal), "bytes": path.stat().st_size, "quantiser": "kept",
+            "added_since_training": report["added_since_training"] + len(added),
+            "removed_since_training": report["removed_since_training"] + len(gone),
+            "next_id": report["next_id"] + len(added), "added": len(added), "removed": len(gone)}
+
+
+def _add_videos(index, clip_embeddings, rows: np.ndarray, ids: np.ndarray, segment_clips: int) -> None:
+    """Adds the segment vectors of the videos at ``rows`` (increasing), each with its video's id."""
+    per_video = math.ceil(clip_embeddings.shape[1] / segment_clips)
+    for start in range(0, len(rows), _CHUNK):
+        block = rows[start:start + _CHUNK]
+        contiguous = len(block) and block[-1] - block[0] == len(block) - 1
+        clips = clip_embeddings[block[0]:block[-1] + 1] if contiguous else clip_embeddings[block]
+        index.add_with_ids(segment_vectors(clips, segment_clips), np.repeat(ids[start:start + len(block)], per_video))
+
+
+def _write(index, ids: np.ndarray, path: Path) -> None:
+    import faiss
+
     partial = path.with_name(path.name + ".partial")
     faiss.write_index(index, str(partial))
+    np.save(ids_path(partial), ids)
+    os.replace(ids_path(partial), ids_path(path))
     os.replace(partial, path)
-    return {"factory": description, "vectors": int(index.ntotal), "bytes": path.stat().st_size}
+
+
+def _read(path: Path):
+    """The first stage at ``path`` and its ids (V,): each row's FAISS id."""
+    import faiss
+
+    for needed in (path, ids_path(path)):
+        if not needed.is_file():
+            raise ApproximateIndexError(f"{needed}: missing (the index's first stage); rebuild the index")
+    try:
+        return faiss.read_index(str(path)), np.load(ids_path(path))
+    except (RuntimeError, ValueError) as error:
+        raise ApproximateIndexError(f"{path}: not a readable FAISS index "
+                                    f"({str(error).strip().splitlines()[-1]}); rebuild the index") from None
 
 
 @contextmanager
@@ -151,18 +253,15 @@ class ApproximateScorer:
     def __init__(self, path: Path, clip_embeddings: np.ndarray, settings: ApproximateSettings):
         import faiss
 
-        if not path.is_file():
-            raise ApproximateIndexError(f"{path}: missing (the index's first stage); rebuild the index")
-        try:
-            self.index = faiss.read_index(str(path))
-        except RuntimeError as error:
-            raise ApproximateIndexError(f"{path}: not a readable FAISS index "
-                                        f"({str(error).strip().splitlines()[-1]}); rebuild the index") from None
+        self.index, ids = _read(path)  # ids (V,): the FAISS id of each row
+        self.id_order = np.argsort(ids)  # rows by id: a found id's row by binary search
+        self.sorted_ids = ids[self.id_order]
         self.clips = clip_embeddings  # (V, N, d), memory-mapped: only candidates' rows are read
         self.clips_file = open(clip_embeddings.filename, "rb") if isinstance(clip_embeddings, np.memmap) else None
         self.n_videos, self.n_clips, dim = clip_embeddings.shape
-        if self.index.d != dim:
-            raise ApproximateIndexError(f"{path}: vectors of {self.index.d} dimensions, the index's clips have {dim}")
+        if self.index.d != dim or len(ids) != self.n_videos:
+            raise ApproximateIndexError(f"{path}: vectors of {self.index.d} dimensions for {len(ids)} videos, the "
+                                        f"index has {self.n_videos} videos of {dim}-dimensional clips; rebuild it")
         ivf = faiss.extract_index_ivf(self.index)
         ivf.nprobe = settings.nprobe
         faiss.downcast_index(ivf.quantizer).hnsw.efSearch = max(2 * settings.nprobe, 64)  # >= nprobe lists found
@@ -171,8 +270,8 @@ class ApproximateScorer:
     def candidate_rows(self, query: np.ndarray) -> np.ndarray:
         """(d,) query -> the sorted rows of the videos whose segments the first stage ranks highest."""
         with faiss_threads(1):
-            _, ids = self.index.search(query[None], self.candidates)  # (1, candidates) video rows, -1 padded
-        return np.unique(ids[ids >= 0])
+            _, ids = self.index.search(query[None], self.candidates)  # (1, candidates) video ids, -1 padded
+        return np.unique(self.id_order[np.searchsorted(self.sorted_ids, ids[ids >= 0])])
 
     def prefetch(self, rows: np.ndarray) -> None:
         """Asks the kernel for every candidate's clips at once, so that the disk reads them in parallel

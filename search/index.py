@@ -7,25 +7,39 @@
     clip_fractions  (V, N, 2) float32  each clip's [start, end] as fractions of the video (amdnet.moments)
     clip_spans      (V, N, 2) float32  the same in seconds
     proposals       (V, K, d) float32  L2-normalised moment proposals; centers, widths (V, K) fractions
-    durations (V,) seconds; video_ids, paths, playable (V,) strings; is_frames (V,) bool
+    durations (V,) seconds; video_ids, paths, playable, video_keys (V,) strings; is_frames (V,) bool
 
 An index of more than ``search.exact_max_videos`` videos (or ``search.method=approximate``) also has
-``approximate.faiss``, the first stage of approximate search (search/approximate.py), written before
-``index.h5`` is renamed. Every array is stored contiguous and uncompressed, so a searcher memory-maps it
-and reads only the rows of its hits: the collection may exceed RAM.
+``approximate.faiss`` (and its ids), the first stage of approximate search (search/approximate.py),
+written before ``index.h5`` is renamed. Every array is stored contiguous and uncompressed, so a
+searcher memory-maps it and reads only the rows of its hits: the collection may exceed RAM.
+
+An index grows by what changed. Each row carries its video's key (``video_keys``: the checkpoint and
+that video's feature-cache entries, see ``tasks.Index``); a new index of a collection that gained,
+lost or replaced videos copies the rows of unchanged videos from the index it supersedes and encodes
+only the others through the model, and updates that index's first stage (``update_approximate``)
+instead of building a new one. Rows are in the collection's order, whatever was reused, so the
+result is the index a full rebuild writes (same rows, same bytes up to the batch a video was encoded
+in: scores agree to 1e-6).
 
 Videos are addressed by their row; ids are data, never HDF5 names or file paths. ``playable`` is the
-file a browser is given: the source itself, or a proxy made here once when the container is one
-browsers do not play. Attributes record the checkpoint, the text settings a query must be encoded
-with and the inputs the model reads.
+file a browser is given: the source itself, or a proxy made once per video (in the per-video cache,
+like features) when the container is one browsers do not play. Attributes record the checkpoint, the
+text settings a query must be encoded with and the inputs the model reads.
+
+Readers hold a shared lock on the index folder (``reading``) for as long as they use it; the stage that
+publishes a newer index of the same collection deletes the folders it supersedes only when it can lock
+them exclusively (``pipeline.superseded``).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import h5py
 import numpy as np
@@ -37,21 +51,48 @@ from amdnet.data import video_clips
 from amdnet.evaluate import load_model
 from amdnet.moments import clip_spans
 from pipeline.store import entry_name
-from search.approximate import APPROXIMATE_FILE, ApproximateSettings, build_approximate, choose_method
+from pipeline.superseded import ReaderHold, SupersededFolder, held_for_reading
+from pipeline.video_cache import VideoCache
+from search.approximate import (APPROXIMATE_FILE, ApproximateSettings, build_approximate, choose_method,
+                                needs_retraining, update_approximate)
 
 log = logging.getLogger("search")
 
 INDEX_FILE = "index.h5"
 # Containers Chromium, Firefox and Safari play as they are; any other source gets an H.264 mp4 proxy.
 BROWSER_CONTAINERS = (".mp4", ".m4v", ".webm")
-_PROXY_FPS, _PROXY_SHORT_SIDE = 25.0, 360
+PROXY_SETTINGS = {"stage": "browser-proxy", "version": "1", "fps": 25.0, "short_side": 360}
 _BATCH = 256  # videos per model call: bounds memory however large the collection
+_COPY_ROWS = 4096  # rows copied from the superseded index at a time: about 100 MB of float16 clips
+_ROW_ARRAYS = ("clip_embeddings", "clip_fractions", "proposals", "centers", "widths")  # what a video's row holds
+
+
+@dataclass(frozen=True)
+class Features:
+    """The collection's features as the index reads them (the one place it does: port a new layout here)."""
+
+    present: set[str]  # ids of the videos with visual features
+    backbone: str
+    clips: Callable[[str, int], tuple[np.ndarray, int]]  # (video id, N) -> ((N, Dv [+ Ds]) clips, frames T)
+
+
+@contextmanager
+def read_features(video_features: Path, subtitle_features: Path | None) -> Iterator[Features]:
+    with h5py.File(video_features, "r") as video_file, \
+            (h5py.File(subtitle_features, "r") if subtitle_features is not None else nullcontext()) as subtitle_file:
+        def clips(video_id: str, map_size: int) -> tuple[np.ndarray, int]:
+            return (video_clips(video_file, subtitle_file, video_id, map_size),
+                    video_file[entry_name(video_id)].shape[0])
+
+        yield Features({name for name in video_file}, str(video_file.attrs.get("backbone", "unknown")), clips)
 
 
 def build_index(checkpoint: Path, videos: list[dict], video_features: Path, subtitle_features: Path | None,
-                text: dict, out_dir: Path, attrs: dict, search: dict, device: str = "cpu") -> dict:
-    """Encodes ``videos`` (videos.jsonl records) with the checkpoint into ``out_dir/index.h5``; ``search``
-    (the config section) decides between exact and approximate search and sizes the latter.
+                text: dict, out_dir: Path, attrs: dict, search: dict, proxies: VideoCache,
+                previous: Path | None = None, device: str = "cpu") -> dict:
+    """Encodes ``videos`` (videos.jsonl records, each with its ``index_key``) with the checkpoint into
+    ``out_dir/index.h5``; rows of videos whose key the ``previous`` index folder holds are copied
+    from it. ``search`` (the config section) decides between exact and approximate search.
 
     Videos without visual features (failed extraction) are left out and counted in the report.
     """
@@ -60,73 +101,191 @@ def build_index(checkpoint: Path, videos: list[dict], video_features: Path, subt
     model, train_config = load_model(state, torch_device)
     model.eval()
     map_size = model.config.map_size
-    with h5py.File(video_features, "r") as video_file:
-        present = [video for video in videos if entry_name(video["video_id"]) in video_file]
-        backbone = str(video_file.attrs.get("backbone", "unknown"))
-    missing = [video["video_id"] for video in videos if video not in present]
-    if not present:
-        raise ValueError(f"{video_features}: none of the {len(videos)} videos to index has visual features")
-    playable = [_playable_source(video, out_dir / "proxies", row) for row, video in enumerate(present)]
-    method = choose_method(search["method"], len(present), search["exact_max_videos"])
-    approximate = ApproximateSettings.from_config(search["approximate"])
-    final, partial = out_dir / INDEX_FILE, out_dir / f"{INDEX_FILE}.partial"
-    with h5py.File(partial, "w") as index, h5py.File(video_features, "r") as video_file, \
-            (h5py.File(subtitle_features, "r") if train_config.use_subtitles else nullcontext()) as subtitle_file:
-        index.attrs.update(attrs)
-        index.attrs.update(checkpoint=str(checkpoint), text=json.dumps(text), map_size=map_size,
-                           query_input=train_config.query_input, use_subtitles=train_config.use_subtitles,
-                           visual_backbone=backbone, search_method=method,
-                           approximate=json.dumps(approximate.__dict__))
-        arrays = None
-        for start in range(0, len(present), _BATCH):
-            batch = present[start:start + _BATCH]
-            clips = torch.from_numpy(np.stack([video_clips(video_file, subtitle_file, video["video_id"], map_size)
-                                               for video in batch])).to(torch_device)  # (B, N, Dv)
-            with torch.no_grad():
-                encoded = model.encode_videos(clips)
-            values = {"clip_embeddings": F.normalize(encoded.clip_features, dim=-1),  # (B, N, d)
-                      "proposals": F.normalize(encoded.proposals, dim=-1),  # (B, K, d)
-                      "centers": encoded.centers, "widths": encoded.widths}  # (B, K)
-            if arrays is None:
-                clip_dtype = "float16" if method == "approximate" else "float32"
-                arrays = {name: index.create_dataset(name, (len(present), *value.shape[1:]),
-                                                     dtype=clip_dtype if name == "clip_embeddings" else "float32")
-                          for name, value in values.items()}
-            for name, value in values.items():
-                arrays[name][start:start + len(batch)] = value.float().cpu().numpy()
-        durations = np.array([video["duration"] for video in present], dtype=np.float64)  # (V,)
-        fractions = np.stack([clip_spans(video_file[entry_name(video["video_id"])].shape[0], map_size).numpy()
-                              for video in present])  # (V, N, 2)
-        index["clip_fractions"] = fractions
-        index["clip_spans"] = (fractions * durations[:, None, None]).astype(np.float32)
-        index["durations"] = durations
-        strings = h5py.string_dtype()
-        index.create_dataset("video_ids", data=[video["video_id"] for video in present], dtype=strings)
-        index.create_dataset("paths", data=[str(video["path"]) for video in present], dtype=strings)
-        index.create_dataset("playable", data=[str(path) for path in playable], dtype=strings)
-        index["is_frames"] = np.array([Path(video["path"]).is_dir() for video in present])
-    report = {"inputs": {"videos": len(videos), "indexed": len(present)}, "missing_features": missing,
-              "proxies": sum(1 for video, path in zip(present, playable) if str(path) != str(video["path"])),
-              "method": method}
-    if method == "approximate":
-        with h5py.File(partial, "r") as index:
-            report["approximate"] = build_approximate(index["clip_embeddings"], out_dir / APPROXIMATE_FILE, approximate)
+    held = _hold(previous)
+    previous = previous if held is not None else None
+    with read_features(video_features, subtitle_features if train_config.use_subtitles else None) as features, \
+            (held or nullcontext()):
+        present = [video for video in videos if entry_name(video["video_id"]) in features.present]
+        missing = [video["video_id"] for video in videos if entry_name(video["video_id"]) not in features.present]
+        if not present:
+            raise ValueError(f"{video_features}: none of the {len(videos)} videos to index has visual features")
+        playable = [playable_source(video, proxies) for video in present]
+        method = choose_method(search["method"], len(present), search["exact_max_videos"])
+        approximate = ApproximateSettings.from_config(search["approximate"])
+        reused = _reusable_rows(previous, present, method, approximate)  # (V,) the previous index's row or -1
+        final, partial = out_dir / INDEX_FILE, out_dir / f"{INDEX_FILE}.partial"
+        with h5py.File(partial, "w") as index:
+            index.attrs.update(attrs)
+            index.attrs.update(checkpoint=str(checkpoint), text=json.dumps(text), map_size=map_size,
+                               query_input=train_config.query_input, use_subtitles=train_config.use_subtitles,
+                               visual_backbone=features.backbone, search_method=method,
+                               approximate=json.dumps(approximate.__dict__))
+            _write_strings(index, present, playable)
+            index["durations"] = np.array([video["duration"] for video in present], dtype=np.float64)  # (V,)
+            index["is_frames"] = np.array([Path(video["path"]).is_dir() for video in present])
+            rows = _RowWriter(index, partial, len(present), "float16" if method == "approximate" else "float32")
+            if previous is not None:
+                _copy_rows(previous / INDEX_FILE, reused, rows)
+            encoded = np.flatnonzero(reused < 0)
+            _encode_rows(model, torch_device, features, present, encoded, map_size, rows)
+            rows.close()
+        with h5py.File(partial, "r+") as index:  # seconds from the fractions, written or copied
+            durations = index["durations"][()]
+            index["clip_spans"] = (index["clip_fractions"][()] * durations[:, None, None]).astype(np.float32)
+        report = {"inputs": {"videos": len(videos), "indexed": len(present)}, "missing_features": missing,
+                  "encoded": int(len(encoded)), "reused": int(len(present) - len(encoded)),
+                  "superseded_index": str(previous) if previous is not None else None,
+                  "proxies": sum(1 for video, path in zip(present, playable) if str(path) != str(video["path"])),
+                  "method": method}
+        if method == "approximate":
+            report["approximate"] = _first_stage(partial, out_dir, previous, reused, approximate)
+            with h5py.File(partial, "r+") as index:
+                index.attrs["first_stage"] = json.dumps(report["approximate"])
     os.replace(partial, final)
     return report
 
 
-def memory_map(path: Path, index: h5py.File, name: str) -> np.ndarray:
-    """The dataset ``name`` of the open index file at ``path``, memory-mapped read-only (no copy in RAM)."""
+def _hold(previous: Path | None) -> ReaderHold | None:
+    """The superseded index held for reading while its rows are copied; None if there is none (or
+    another publisher deleted it meanwhile: then everything is encoded)."""
+    if previous is None:
+        return None
+    try:
+        return held_for_reading(previous, required=INDEX_FILE)
+    except SupersededFolder as error:
+        log.warning("%s; encoding every video", error)
+        return None
+
+
+def _write_strings(index: h5py.File, present: list[dict], playable: list) -> None:
+    strings = h5py.string_dtype()
+    index.create_dataset("video_ids", data=[video["video_id"] for video in present], dtype=strings)
+    index.create_dataset("paths", data=[str(video["path"]) for video in present], dtype=strings)
+    index.create_dataset("playable", data=[str(path) for path in playable], dtype=strings)
+    index.create_dataset("video_keys", data=[video["index_key"] for video in present], dtype=strings)
+
+
+def _reusable_rows(previous: Path | None, present: list[dict], method: str,
+                   approximate: ApproximateSettings) -> np.ndarray:
+    """(V,) int64: for each video, its row in the previous index when that row can be copied, else -1.
+    Rows are not copied from a float16 index into a float32 one: they would differ from encoding. An
+    old row is copied once (two files of one content, keyed by content, are two rows and two vectors)."""
+    reused = np.full(len(present), -1, dtype=np.int64)
+    if previous is None:
+        return reused
+    with h5py.File(previous / INDEX_FILE, "r") as old:
+        if old["clip_embeddings"].dtype == np.float16 and method == "exact":
+            return reused
+        row_of = {key.decode(): row for row, key in enumerate(old["video_keys"][()])}
+    for row, video in enumerate(present):
+        reused[row] = row_of.pop(video["index_key"], -1)
+    return reused
+
+
+class _RowWriter:
+    """Writes rows of the per-video arrays of an index being built, through memory maps of the file:
+    rows arrive in any order (copied ones, then encoded ones); the arrays are made at the first write."""
+
+    def __init__(self, index: h5py.File, path: Path, n_videos: int, clip_dtype: str):
+        self.index, self.path, self.n_videos, self.clip_dtype = index, path, n_videos, clip_dtype
+        self.arrays: dict[str, np.memmap] = {}
+
+    def write(self, rows: np.ndarray, values: dict[str, np.ndarray]) -> None:
+        if not self.arrays:
+            for name, value in values.items():
+                dtype = self.clip_dtype if name == "clip_embeddings" else "float32"
+                self.index.create_dataset(name, (self.n_videos, *value.shape[1:]), dtype=dtype,
+                                          dcpl=_allocated_now())
+            self.index.flush()
+            self.arrays = {name: memory_map(self.path, self.index, name, mode="r+") for name in values}
+        for name, value in values.items():
+            self.arrays[name][rows] = value  # numpy casts float32 to float16 the same way for every row
+
+    def close(self) -> None:
+        for array in self.arrays.values():
+            array.flush()
+        self.arrays.clear()
+
+
+def _allocated_now() -> h5py.h5p.PropDCID:
+    """Contiguous storage allocated when the dataset is made (so it can be memory-mapped), never filled."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    return dcpl
+
+
+def _copy_rows(previous: Path, reused: np.ndarray, rows: _RowWriter) -> None:
+    """The rows of unchanged videos, from the previous index file: read in its row order, a block at a time."""
+    new_rows = np.flatnonzero(reused >= 0)
+    new_rows = new_rows[np.argsort(reused[new_rows], kind="stable")]  # by old row: sequential reads
+    with h5py.File(previous, "r") as old:
+        arrays = {name: memory_map(previous, old, name) for name in _ROW_ARRAYS}
+        for start in range(0, len(new_rows), _COPY_ROWS):
+            block = new_rows[start:start + _COPY_ROWS]
+            rows.write(block, {name: np.asarray(array[reused[block]]) for name, array in arrays.items()})
+
+
+@torch.no_grad()
+def _encode_rows(model, device: torch.device, features: Features, present: list[dict], encoded: np.ndarray,
+                 map_size: int, rows: _RowWriter) -> None:
+    for start in range(0, len(encoded), _BATCH):
+        block = encoded[start:start + _BATCH]
+        inputs = [features.clips(present[row]["video_id"], map_size) for row in block]
+        clips = torch.from_numpy(np.stack([clips for clips, _ in inputs])).to(device)  # (B, N, Dv)
+        encoding = model.encode_videos(clips)
+        values = {"clip_embeddings": F.normalize(encoding.clip_features, dim=-1),  # (B, N, d)
+                  "proposals": F.normalize(encoding.proposals, dim=-1),  # (B, K, d)
+                  "centers": encoding.centers, "widths": encoding.widths}  # (B, K)
+        values = {name: value.float().cpu().numpy() for name, value in values.items()}
+        values["clip_fractions"] = np.stack([clip_spans(frames, map_size).numpy() for _, frames in inputs])  # (B, N, 2)
+        rows.write(block, values)
+
+
+def _first_stage(partial: Path, out_dir: Path, previous: Path | None, reused: np.ndarray,
+                 settings: ApproximateSettings) -> dict:
+    """The index's first stage: the superseded index's, updated, while the collection has not outgrown
+    what its coarse quantiser was trained on (approximate.needs_retraining); else built anew."""
+    old = _previous_first_stage(previous, settings)
+    with h5py.File(partial, "r") as index:
+        clips = memory_map(partial, index, "clip_embeddings")  # (V, N, d)
+        if old is not None and not needs_retraining(old, int(np.sum(reused < 0))):
+            return update_approximate(previous / APPROXIMATE_FILE, old, reused, clips, out_dir / APPROXIMATE_FILE,
+                                      settings)
+        return {**build_approximate(clips, out_dir / APPROXIMATE_FILE, settings), "trained_in": out_dir.name}
+
+
+def _previous_first_stage(previous: Path | None, settings: ApproximateSettings) -> dict | None:
+    """The superseded index's first-stage report, when it has one built with ``settings``."""
+    if previous is None:
+        return None
+    with h5py.File(previous / INDEX_FILE, "r") as old:
+        if "first_stage" not in old.attrs or json.loads(old.attrs["approximate"]) != settings.__dict__:
+            return None
+        return json.loads(old.attrs["first_stage"])
+
+
+def memory_map(path: Path, index: h5py.File, name: str, mode: str = "r") -> np.ndarray:
+    """The dataset ``name`` of the open index file at ``path``, memory-mapped (read-only unless ``mode``
+    says "r+"; no copy in RAM)."""
     dataset = index[name]
     offset = dataset.id.get_offset()
     if dataset.chunks is not None or dataset.compression is not None or offset is None:
         raise ValueError(f"{path}: {name} is not stored contiguous; rebuild the index")
-    return np.memmap(path, mode="r", dtype=dataset.dtype, offset=offset, shape=dataset.shape)
+    return np.memmap(path, mode=mode, dtype=dataset.dtype, offset=offset, shape=dataset.shape)
 
 
-def _playable_source(video: dict, proxy_dir: Path, row: int) -> Path | str:
-    """What a browser plays for this video: the file itself, a proxy made once, or '' (frame folders,
-    sources ffmpeg cannot transcode): the page then shows frames instead of a player."""
+def reading(index_dir: Path):
+    """Holds the index folder for a reader (a searcher, a server) until the returned lock is closed:
+    a newer index never deletes a folder held so. Raises pipeline.superseded.SupersededFolder if it
+    was deleted first."""
+    return held_for_reading(Path(index_dir), required=INDEX_FILE)
+
+
+def playable_source(video: dict, proxies: VideoCache) -> Path | str:
+    """What a browser plays for this video: the file itself, its proxy (made once per video content and
+    proxy settings, in the per-video cache), or '' (frame folders, sources ffmpeg cannot transcode): the
+    page then shows frames instead of a player."""
     from extractors.transcode import TranscodeError, transcode_proxy
 
     path = Path(video["path"])
@@ -134,11 +293,12 @@ def _playable_source(video: dict, proxy_dir: Path, row: int) -> Path | str:
         return ""
     if path.suffix.lower() in BROWSER_CONTAINERS:
         return path
-    proxy = proxy_dir / f"{row}.mp4"  # named by row: a video id is never a file name
+    proxy = proxies.path(video)  # named by the video's identity: a video id is never a file name
     if not proxy.is_file():
         log.info("making a browser-playable proxy of %s", path)
         try:
-            transcode_proxy(path, proxy, _PROXY_FPS, _PROXY_SHORT_SIDE)
+            with proxies.writing(proxy) as temporary:
+                transcode_proxy(path, temporary, PROXY_SETTINGS["fps"], PROXY_SETTINGS["short_side"])
         except TranscodeError as error:
             log.warning("%s; it is searchable, shown as frames", error)
             return ""

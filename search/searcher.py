@@ -31,7 +31,7 @@ from amdnet.evaluate import load_model
 from amdnet.moments import moment_spans
 from amdnet.train import intra_op_threads
 from search.approximate import APPROXIMATE_FILE, ApproximateScorer, ApproximateSettings
-from search.index import INDEX_FILE, memory_map
+from search.index import INDEX_FILE, memory_map, reading
 
 # Longer texts are not queries (a pasted document, an attack on the encoder): refused before encoding.
 MAX_QUERY_CHARS = 1000
@@ -85,6 +85,7 @@ class Searcher:
         self.index_dir = Path(index_dir)
         self.span_rule = span_rule
         self.device = resolve_device(device)
+        self.hold = reading(self.index_dir)  # for the searcher's life: a newer index never deletes this one
         path = self.index_dir / INDEX_FILE
         with h5py.File(path, "r") as index:
             self.attrs = dict(index.attrs)

@@ -136,7 +136,7 @@ def test_index_and_search_a_plain_folder(demo, tmp_path, capsys):
         playable = [value.decode() for value in f["playable"][()]]
         assert f["is_frames"][()].tolist() == [True, False, False]
     assert ids == ["frames/walk", "old/tape.mkv", "street/cars.mp4"]
-    assert playable[0] == "" and playable[1].endswith(".mp4") and Path(playable[1]).is_relative_to(index_dir)
+    assert playable[0] == "" and playable[1].endswith(".mp4") and "cache" in Path(playable[1]).parts  # made once per video
     assert playable[2] == str(folder / "street" / "cars.mp4")
     # The demo model reads subtitles: videos without any get an empty subtitle track, as in training.
     subtitles = index_task(str(path), folder=str(folder)).upstream()["subtitles"].features

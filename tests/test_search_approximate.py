@@ -16,8 +16,9 @@ import pytest
 import torch
 
 import tasks
-from search.approximate import (APPROXIMATE_FILE, ApproximateIndexError, ApproximateScorer, ApproximateSettings,
-                                build_approximate, choose_method, factory_string, segment_vectors, streamed_top_k)
+from search.approximate import (APPROXIMATE_FILE, RETRAIN_GROWTH, ApproximateIndexError, ApproximateScorer,
+                                ApproximateSettings, build_approximate, choose_method, factory_string,
+                                needs_retraining, segment_vectors, streamed_top_k, update_approximate)
 from search.cli import main as search_cli
 from search.searcher import ExactScorer, Searcher
 from test_search import _get, running_server
@@ -65,6 +66,37 @@ def test_top_results_equal_exact_on_clear_winners(collection):
     assert torch.equal(streamed_top_k(clips, queries, 5)[1], exact_rows)
 
 
+def _clip_queries(clips: np.ndarray, n_queries: int, seed: int) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(clips), size=n_queries, replace=False)
+    noise = rng.standard_normal((n_queries, clips.shape[2])).astype(np.float32)
+    queries = clips[rows, rng.integers(clips.shape[1], size=n_queries)].astype(np.float32) + 0.3 * noise / np.sqrt(32)
+    return torch.from_numpy((queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32))
+
+
+def test_an_updated_first_stage_answers_as_a_rebuilt_one(tmp_path):
+    """Videos removed (the first 100) and added (the last 100): the updated first stage maps its ids to
+    the new rows and finds what a first stage built on the new collection finds."""
+    clips = structured_collection(2000, 16, 32, seed=2)
+    base = build_approximate(clips[:1900], tmp_path / "base.faiss", SETTINGS)
+    grown = clips[100:]  # row r is the base's row r + 100, or (r >= 1800) a video added
+    reused = np.where(np.arange(1900) < 1800, np.arange(1900) + 100, -1)
+    updated = update_approximate(tmp_path / "base.faiss", base, reused, grown, tmp_path / "updated.faiss", SETTINGS)
+    assert (updated["quantiser"], updated["added"], updated["removed"], updated["vectors"]) == ("kept", 100, 100, 1900 * 4)
+    assert updated["trained_videos"] == 1900 and updated["next_id"] == 2000
+    rebuilt = build_approximate(grown, tmp_path / "rebuilt.faiss", SETTINGS)
+    queries = _clip_queries(grown, 60, seed=3)
+    _, exact = streamed_top_k(grown, queries, 5)  # (60, 5)
+    recalls = {}
+    for name in ("updated", "rebuilt"):
+        scores, found = ApproximateScorer(tmp_path / f"{name}.faiss", grown, SETTINGS).top_k(queries, 5)
+        assert found.max() < len(grown)  # rows of the grown collection, not FAISS ids
+        recalls[name] = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(found.tolist(), exact.tolist())])
+    assert recalls["rebuilt"] >= 0.95 and abs(recalls["updated"] - recalls["rebuilt"]) <= 0.02, recalls
+    assert not needs_retraining(updated, 0)
+    assert needs_retraining(updated, int(RETRAIN_GROWTH * 1900))  # 100 added already: past the share
+
+
 def test_segments_methods_and_budgets():
     clips = np.ones((2, 10, 4), dtype=np.float32)
     assert segment_vectors(clips, 4).shape == (2 * 3, 4)  # 4 + 4 + 2 clips
@@ -83,6 +115,7 @@ def test_a_broken_or_missing_first_stage_names_its_file(collection, tmp_path):
     with pytest.raises(ApproximateIndexError, match=f"{tmp_path / APPROXIMATE_FILE}: missing"):
         ApproximateScorer(tmp_path / APPROXIMATE_FILE, clips, SETTINGS)
     (tmp_path / APPROXIMATE_FILE).write_bytes(b"not an index")
+    np.save(tmp_path / "approximate.ids.npy", np.arange(len(clips)))
     with pytest.raises(ApproximateIndexError, match=f"{tmp_path / APPROXIMATE_FILE}: not a readable FAISS index"):
         ApproximateScorer(tmp_path / APPROXIMATE_FILE, clips, SETTINGS)
 
