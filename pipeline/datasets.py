@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from extractors.text_policy import is_blank
 from pipeline.paths import UnsafePathError, confined, file_kind, shown
 from pipeline.subtitle_files import SUBTITLE_EXTENSIONS, read_subtitle_file
 from pipeline.text_files import read_text, text_lines
@@ -283,8 +284,8 @@ def assemble_manifest(raw_queries: list[RawQuery], videos: VideoFolder, report: 
     found: set[str] = set()  # videos whose file or frame folder exists
     annotated: dict[str, RawQuery] = {}  # video id -> its first query with an annotated duration
     for query in raw_queries:
-        if not query.text.strip():
-            report.handle("empty_text", query.where, "empty query text")
+        if is_blank(query.text):
+            report.handle("empty_text", query.where, "empty query text (no visible character)")
             continue
         earlier = first_seen.setdefault(query.cap_id, query)
         if earlier is not query and not _same_query_in_val_and_test(earlier, query):
