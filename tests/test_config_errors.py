@@ -78,6 +78,7 @@ def test_a_bad_override_is_reported_as_the_override(make_config, override, messa
     ("visual.parts.clip={fps:", "--set visual.parts.clip={fps:: the value is not valid YAML"),
     ('train.lr="1e-4', "No closing quotation"),
     ("train.lr=1 train.lr=-2", "--set train.lr=-2: 'train.lr' must be > 0"),  # the last one counts
+    ('train.lr=5 train="{lr: -1}" train.lr=-3', "--set train.lr=-3: 'train.lr' must be > 0"),  # even after a section
     ("model.hidden_size=30", "tiny.yaml with --set model.hidden_size=30: model: hidden_size (30) must be divisible"),
 ])
 def test_more_bad_overrides_name_the_override(make_config, override, message):
