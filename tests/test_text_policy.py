@@ -117,3 +117,14 @@ def test_subtitle_features_count_cut_lines(tmp_path, caplog):
                                   {"stage": "subtitles"})
     assert report["truncated_subtitle_lines"] == 1
     assert any("1 subtitle lines have more than 16 tokens" in record.getMessage() for record in caplog.records)
+
+
+def test_clip_text_counts_its_tokens_and_cuts_at_its_context(tmp_path):
+    from extractors import create_extractor
+
+    encoder = create_extractor("clip-text", model="TinyViT-32-test", seed=0, device="cpu")
+    texts = ["a cat", " ".join(["cat"] * 75), " ".join(["cat"] * 76), "a cat " * 500]
+    assert encoder.token_counts(texts)[:3] == [4, 77, 78]  # start and end tokens included
+    assert [index for index, _ in over_limit(encoder, texts)] == [2, 3]
+    at_limit, cut = encoder.encode(texts[1:3])  # 76 cats are cut to the 75 that fit: the same tokens
+    np.testing.assert_allclose(cut.pooled, at_limit.pooled, atol=1e-6)
