@@ -46,6 +46,9 @@ class ClipTextEncoder(TextExtractor):
     def check_names(cls, model: str = "ViT-B-32", pretrained: str | None = None, **options) -> None:
         check_clip_names(model, pretrained)
 
+    def token_counts(self, texts: list[str]) -> list[int]:
+        return [len(self.tokenizer.encode(text)) + 2 for text in texts]  # + start and end tokens
+
     def encode(self, texts: list[str]) -> list[TextFeatures]:
         """One projected end-of-text vector per text, in input order."""
         check_texts(texts)

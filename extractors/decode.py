@@ -25,6 +25,11 @@ Findings about decord 0.6.0 (the wheel installed here) that shape this module:
   call (on one thread, as in decoding workers, that beats copying frames into a batch for one larger
   call); only the small resized frames are kept. Every-frame decoding got about twice as fast.
 
+Frame times count from the video stream's first shown frame, whatever its timestamp in the file
+(``-output_ts_offset``, a video starting after its audio): decord does this itself, PyAV here. decord
+ignores edit lists (an mp4 cut by stream copy starts with frames the list cuts), so such files go to
+PyAV, which applies them as ffmpeg does.
+
 When decord cannot open or decode a file (a codec its build lacks, such as AV1, or seeking errors),
 the file is read with PyAV instead (`decoder="auto"`, the default): the same frame selection over the
 frame start times PyAV reports, frames converted to RGB by ffmpeg's swscale and rotated by the display
@@ -271,6 +276,11 @@ class _VideoFile:
         start_end = self._call(self._reader.get_frame_timestamp, "cannot read frame timestamps",
                                range(len(self._reader)))
         start_end = np.asarray(start_end, dtype=np.float64).reshape(-1, 2)
+        if start_end[0, 0] < 0:
+            # decord lists the frames an edit list cuts (at negative times) but returns the shown frames
+            # from index 0: times and frames would disagree. PyAV applies the edit list.
+            raise VideoDecodeError(path, f"an edit list cuts its first frames (decord lists frames from "
+                                         f"{start_end[0, 0]:g} s but does not apply the cut)")
         if not _plausible_frame_times(start_end):
             # e.g. AV_NOPTS_VALUE (~9.2e15 s) for every frame of some low frame rate .mkv files
             raise VideoDecodeError(path, f"decord reports implausible frame times ({start_end[0, 0]:g} .. "
@@ -326,7 +336,8 @@ class _PyAVFile:
     """A video file read through PyAV (ffmpeg's libraries), for files decord cannot read.
 
     Frame start times come from the packets' presentation times (demuxed, not decoded), sorted, so
-    frame k is the k-th frame on screen, as in decord. Frames are decoded forward from the nearest
+    frame k is the k-th frame on screen, as in decord; packets an edit list cuts are left out, and times
+    count from the first shown frame (a stream starting at 2.5 s starts at 0, as decord has it). Frames are decoded forward from the nearest
     keyframe, converted only when requested, and rotated by the display matrix tag like decord's."""
 
     name = "pyav"
@@ -336,15 +347,16 @@ class _PyAVFile:
         self.replaces: VideoDecodeError | None = None  # decord's error, when PyAV stands in for it
         with self._opened() as container:
             stream = self._video_stream(container)
-            packets = [(packet.pts, packet.duration or 0, packet.is_keyframe)
-                       for packet in self._call(container.demux, "cannot read packets", stream)
+            demuxed = [packet for packet in self._call(container.demux, "cannot read packets", stream)
                        if packet.pts is not None and packet.size > 0]
+            if stream.frames and len(demuxed) < stream.frames:  # demuxing stops quietly where data ends
+                raise VideoDecodeError(path, f"truncated: {len(demuxed)} of the {stream.frames} frames its index "
+                                             f"lists are in the file")
+            # Packets an edit list cuts (flagged discard) are decoded only as references, never shown.
+            packets = sorted((packet.pts, packet.duration or 0, packet.is_keyframe)
+                             for packet in demuxed if not packet.is_discard)
             if not packets:
                 raise VideoDecodeError(path, "video stream has no frames")
-            if stream.frames and len(packets) < stream.frames:  # demuxing stops quietly where data ends
-                raise VideoDecodeError(path, f"truncated: {len(packets)} of the {stream.frames} frames its index "
-                                             f"lists are in the file")
-            packets.sort()
             self._time_base = stream.time_base
             self._first_pts = packets[0][0]
             rate = stream.average_rate or stream.guessed_rate
@@ -353,7 +365,10 @@ class _PyAVFile:
         self.frame_starts = (self._pts - self._first_pts) * float(self._time_base)  # float64 (n_frames,)
         last_length = packets[-1][1] * float(self._time_base) or (1 / self.avg_fps if self.avg_fps else 0.0)
         self.duration = float(self.frame_starts[-1] + last_length)
-        self._keyframes = np.flatnonzero([is_keyframe for _, _, is_keyframe in packets])
+        # The first shown frame is always a seek target: seeking backward to it lands on the keyframe it
+        # is decoded from, which an edit list may have cut (so it is not among the packets kept).
+        self._keyframes = np.flatnonzero([index == 0 or is_keyframe for index, (_, _, is_keyframe)
+                                          in enumerate(packets)])
         self._rotation: int | None = None
 
     def rotation(self) -> int:

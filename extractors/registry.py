@@ -33,6 +33,8 @@ import torchvision
 from torchvision.models import Weights
 from tqdm import tqdm
 
+from extractors.text_policy import is_blank
+
 EXTRACTOR_KINDS = ("frames", "clips", "text")
 # File suffixes of weights and checkpoints: a `pretrained` ending so names a file, not a tag.
 _WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -318,6 +320,10 @@ class TextExtractor(abc.ABC):
     def encode(self, texts: list[str]) -> list[TextFeatures]:
         """Features for each text, in order."""
 
+    @abc.abstractmethod
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens in each whole text, start and end tokens included: more than `max_length` are cut."""
+
 
 def check_texts(texts: list[str]) -> None:
     """Reject input that would silently give meaningless features (a lone string, empty texts)."""
@@ -326,8 +332,8 @@ def check_texts(texts: list[str]) -> None:
     for index, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"text at index {index} is a {type(text).__name__}, not a string")
-        if not text.strip():
-            raise ValueError(f"text at index {index} is empty")
+        if is_blank(text):
+            raise ValueError(f"text at index {index} is empty (no visible character)")
 
 
 def check_torchvision_names(arch: str, pretrained: str | None) -> None:

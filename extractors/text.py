@@ -110,8 +110,14 @@ class HFTextEncoder(TextExtractor):
     def check_names(cls, model: str, **options) -> None:
         resolve_model_source(model)
 
+    def token_counts(self, texts: list[str]) -> list[int]:
+        if not texts:  # the tokenizer fails on an empty batch
+            return []
+        return [len(ids) for ids in self.tokenizer(texts, truncation=False)["input_ids"]]
+
     def encode(self, texts: list[str]) -> list[TextFeatures]:
-        """Token features (L, dim) and their mean (dim,) for each text, in input order."""
+        """Token features (L, dim) and their mean (dim,) for each text, in input order; a text over
+        `max_length` tokens is cut (see extractors/text_policy.py)."""
         check_texts(texts)
         # Batching texts of similar length keeps padding, hence wasted compute, small.
         order = sorted(range(len(texts)), key=lambda index: len(texts[index]))

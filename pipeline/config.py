@@ -221,16 +221,20 @@ def _load_config_cached(dataset: str, overrides: str) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     raw.setdefault("name", path.stem)
-    for key_path, value in parse_overrides(overrides):
-        _set_path(raw, key_path, value, path)
-    config = _validate(raw, SCHEMA, path, prefix="")
+    origins = _Origins(path)
+    for item, (key_path, value) in zip(_override_items(overrides), parse_overrides(overrides)):
+        _set_path(raw, key_path, value, f"--set {item}")
+        origins.overrides.pop(key_path, None)  # the last override of a key is the one that counts
+        origins.overrides[key_path] = item
+    config = _validate(raw, SCHEMA, origins, prefix="")
     if len(config["visual"]["parts"]) > 1 and config["visual"]["clip_seconds"] is None:
-        raise ConfigError(f"{path}: several visual.parts need a common grid: set visual.clip_seconds")
+        raise ConfigError(f"{origins.of_section('visual')}: several visual.parts need a common grid: "
+                          f"set visual.clip_seconds")
     for section, build in (("model", model_config), ("train", train_config)):
         try:  # the AMDNet dataclasses check value ranges and combinations themselves
             build(config)
         except ValueError as err:
-            raise ConfigError(f"{path}: {section}: {err}") from None
+            raise ConfigError(f"{origins.of_section(section)}: {section}: {err}") from None
     if config["features"]["source"] == "extract":
         _check_backbones(config, path)
     return config
@@ -270,70 +274,107 @@ def resolve_config_path(dataset: str) -> Path:
 
 def parse_overrides(overrides: str) -> list[tuple[str, Any]]:
     pairs = []
-    for item in shlex.split(overrides or ""):
+    for item in _override_items(overrides):
         key_path, sep, text = item.partition("=")
         if not sep or not key_path:
             raise ConfigError(f"override {item!r}: expected section.key=value")
-        pairs.append((key_path, yaml.safe_load(text) if text else None))
+        try:
+            pairs.append((key_path, yaml.safe_load(text) if text else None))
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or type(err).__name__
+            raise ConfigError(f"--set {item}: the value is not valid YAML ({problem}); quote a value "
+                              f"holding spaces, e.g. --set \"{key_path}={{a: 1, b: 2}}\"") from None
     return pairs
 
 
-def _set_path(raw: dict, key_path: str, value: Any, path: Path) -> None:
+def _override_items(overrides: str) -> list[str]:
+    """The ``key=value`` items of an overrides string, split as a shell would."""
+    try:
+        return shlex.split(overrides or "")
+    except ValueError as err:  # an unclosed quote
+        raise ConfigError(f"--set {overrides}: {err}") from None
+
+
+@dataclass
+class _Origins:
+    """Where each value of a config came from, for messages: an override (``--set train.lr=-1``) or
+    the config file."""
+
+    path: Path
+    overrides: dict[str, str] = dataclasses.field(default_factory=dict)  # key path -> "key=value" as given
+
+    def of(self, key_path: str) -> str:
+        """``--set <item>`` when an override set ``key_path`` or a section holding it, else the file."""
+        for key, item in reversed(self.overrides.items()):
+            if key_path == key or key_path.startswith(key + "."):
+                return f"--set {item}"
+        return str(self.path)
+
+    def of_section(self, section: str) -> str:
+        """The file, and the overrides of ``section`` if any (a check of several of its keys failed)."""
+        items = [item for key, item in self.overrides.items() if key == section or key.startswith(section + ".")]
+        return f"{self.path} with --set {' '.join(items)}" if items else str(self.path)
+
+
+def _set_path(raw: dict, key_path: str, value: Any, where: str) -> None:
     node, schema = raw, SCHEMA
     *parents, leaf = key_path.split(".")
     for i, part in enumerate(parents):
         schema = schema.schema if isinstance(schema, NamedSections) else schema.get(part)
         if not isinstance(schema, (dict, NamedSections)):
-            raise ConfigError(f"override {key_path}: unknown section {'.'.join(parents[: i + 1])!r}")
+            raise ConfigError(f"{where}: unknown section {'.'.join(parents[: i + 1])!r}")
         node = node.setdefault(part, {})
     if isinstance(schema, NamedSections) or leaf not in schema:
-        raise ConfigError(f"override {key_path}: unknown key (config {path})")
+        allowed = "" if isinstance(schema, NamedSections) else f"; allowed here: {', '.join(sorted(schema))}"
+        raise ConfigError(f"{where}: unknown key {key_path!r}{allowed}")
     node[leaf] = value
 
 
-def _validate(raw: dict, schema: dict, path: Path, prefix: str) -> dict:
+def _validate(raw: dict, schema: dict, origins: _Origins, prefix: str) -> dict:
     unknown = sorted(set(raw) - set(schema))
     if unknown:
-        raise ConfigError(f"{path}: unknown key {prefix + unknown[0]!r}; allowed here: {', '.join(sorted(schema))}")
+        key_path = prefix + unknown[0]
+        raise ConfigError(f"{origins.of(key_path)}: unknown key {key_path!r}; allowed here: {', '.join(sorted(schema))}")
     result = {}
     for name, spec in schema.items():
         key_path = prefix + name
         if isinstance(spec, NamedSections):
             value = raw.get(name)
             if not isinstance(value, dict) or not value:
-                raise ConfigError(f"{path}: {key_path!r} must be a mapping of one or more named sections")
-            result[name] = {item: _validate(_mapping(section, path, f"{key_path}.{item}"), spec.schema, path,
+                raise ConfigError(f"{origins.of(key_path)}: {key_path!r} must be a mapping of one or more named "
+                                  f"sections")
+            result[name] = {item: _validate(_mapping(section, origins, f"{key_path}.{item}"), spec.schema, origins,
                                             f"{key_path}.{item}.") for item, section in value.items()}
         elif isinstance(spec, dict):
-            result[name] = _validate(_mapping(raw.get(name, {}), path, key_path), spec, path, key_path + ".")
+            result[name] = _validate(_mapping(raw.get(name, {}), origins, key_path), spec, origins, key_path + ".")
         elif name in raw:
-            result[name] = _check_value(raw[name], spec, path, key_path)
+            result[name] = _check_value(raw[name], spec, origins.of(key_path), key_path)
         elif spec.required:
-            raise ConfigError(f"{path}: missing required key {key_path!r}")
+            raise ConfigError(f"{origins.of(key_path)}: missing required key {key_path!r}")
         else:
             result[name] = spec.default
     return result
 
 
-def _mapping(value: Any, path: Path, key_path: str) -> dict:
+def _mapping(value: Any, origins: _Origins, key_path: str) -> dict:
     if not isinstance(value, dict):
-        raise ConfigError(f"{path}: {key_path!r} must be a mapping, got {value!r}")
+        raise ConfigError(f"{origins.of(key_path)}: {key_path!r} must be a mapping, got {value!r}")
     return value
 
 
-def _check_value(value: Any, spec: Key, path: Path, key_path: str) -> Any:
+def _check_value(value: Any, spec: Key, where: str, key_path: str) -> Any:
     if float in spec.types and not isinstance(value, bool):
         value = _as_float(value)
     # bool is an int in Python; an int key must not silently accept true/false.
     type_ok = isinstance(value, spec.types) and not (isinstance(value, bool) and bool not in spec.types)
     if not type_ok:
         expected = " or ".join("null" if t is type(None) else t.__name__ for t in spec.types)
-        raise ConfigError(f"{path}: {key_path!r} must be {expected}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{where}: {key_path!r} must be {expected}, got {type(value).__name__} {value!r}")
     if spec.choices is not None and value not in spec.choices:
-        raise ConfigError(f"{path}: {key_path!r} must be one of {list(spec.choices)}, got {value!r}")
+        raise ConfigError(f"{where}: {key_path!r} must be one of {list(spec.choices)}, got {value!r}")
     problem = spec.range and value is not None and spec.range.violation(value)
     if problem:
-        raise ConfigError(f"{path}: {key_path!r} {problem}")
+        raise ConfigError(f"{where}: {key_path!r} {problem}")
     return value
 
 

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from pipeline.paths import UnsafePathError, confined
+from extractors.text_policy import is_blank
+from pipeline.paths import UnsafePathError, confined, file_kind, shown
 from pipeline.subtitle_files import SUBTITLE_EXTENSIONS, read_subtitle_file
 from pipeline.text_files import read_text, text_lines
 
@@ -44,7 +45,9 @@ PROBLEM_ACTIONS = {
     "bad_timestamps": ("fail", "skip", "clamp"),  # clamp: keep the query with ts clamped to [0, duration]
     "duplicate_id": ("fail", "skip"),  # skip: keep the first query with that id
     "empty_text": ("fail", "skip"),
-    "unsafe_path": ("fail", "skip"),  # a video id leading outside the videos folder (../x, /x, a symlink out)
+    # a video id leading outside the videos folder (../x, /x, a symlink out) or naming no possible file
+    # (too long, a NUL byte, a lone surrogate)
+    "unsafe_path": ("fail", "skip"),
     # An annotated duration (TVR, ActivityNet) that differs from the video's own by more than
     # data.duration_tolerance, or from another line's for the same video: skip the video's queries, or
     # use the video's duration, or the (first) annotated one.
@@ -143,10 +146,10 @@ class VideoFolder:
     def find(self, video_id: str) -> Path | None:
         """The video's folder of frames or file; UnsafePathError if the id leads outside ``root``."""
         frames = confined(self.root, video_id)
-        if frames.is_dir():
+        if file_kind(frames) == "dir":
             return frames
         files = (confined(self.root, f"{video_id}{ext}") for ext in self.extensions)
-        return next((path for path in files if path.is_file()), self._in_show_folder(video_id))
+        return next((path for path in files if file_kind(path) == "file"), self._in_show_folder(video_id))
 
     def _in_show_folder(self, video_id: str) -> Path | None:
         """TVQA's layout as distributed: ``<show>_frames/<vid_name>/`` (``frames_hq/bbt_frames/s01e01_...``)."""
@@ -281,8 +284,8 @@ def assemble_manifest(raw_queries: list[RawQuery], videos: VideoFolder, report: 
     found: set[str] = set()  # videos whose file or frame folder exists
     annotated: dict[str, RawQuery] = {}  # video id -> its first query with an annotated duration
     for query in raw_queries:
-        if not query.text.strip():
-            report.handle("empty_text", query.where, "empty query text")
+        if is_blank(query.text):
+            report.handle("empty_text", query.where, "empty query text (no visible character)")
             continue
         earlier = first_seen.setdefault(query.cap_id, query)
         if earlier is not query and not _same_query_in_val_and_test(earlier, query):
@@ -370,7 +373,7 @@ def _resolve_video(query: RawQuery, videos: VideoFolder, tolerance: float, repor
     try:
         path = videos.find(query.video_id)
     except UnsafePathError as err:  # refused, never followed
-        report.handle("unsafe_path", query.where, f"video id {query.video_id!r}: {err}", can_keep=False)
+        report.handle("unsafe_path", query.where, f"video id {shown(query.video_id)}: {err}", can_keep=False)
         return None
     except AnnotationError as err:
         raise AnnotationError(f"{query.where}: {err}") from None
@@ -658,11 +661,22 @@ def _row_ts(row: dict, where: Location) -> list[float] | None:
 def _read_subtitle_files(video_dir: Path, video_ids: list[str]) -> list[dict]:
     result = []
     for video_id in video_ids:
-        path = next((candidate for candidate in (confined(video_dir, f"{video_id}{ext}") for ext in SUBTITLE_EXTENSIONS)
-                     if candidate.is_file()), None)
+        candidates = (_subtitle_file_name(video_dir, f"{video_id}{ext}") for ext in SUBTITLE_EXTENSIONS)
+        path = next((candidate for candidate in candidates if candidate is not None and file_kind(candidate) == "file"),
+                    None)
         if path is not None:
             result.append({"video_id": video_id, "sub": read_subtitle_file(path)})
     return result
+
+
+def _subtitle_file_name(video_dir: Path, name: str) -> Path | None:
+    """The subtitle file ``name`` in ``video_dir``; None, with a warning, where it is refused (a symbolic
+    link out of the folder, or a name too long for a file: an id one byte short of the limit)."""
+    try:
+        return confined(video_dir, name)
+    except UnsafePathError as error:
+        log.warning("subtitles %s left out: %s", shown(name), error)
+        return None
 
 
 def _splits(annotations: dict[str, Path | None]) -> list[tuple[str, Path]]:

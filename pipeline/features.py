@@ -21,6 +21,7 @@ from tqdm import tqdm
 from extractors import create_extractor, list_extractors
 from extractors.decode import VideoDecodeError, iter_decoded_frames, sample_times
 from extractors.subtitles import pool_subtitles
+from extractors.text_policy import is_blank, over_limit, truncation_note
 from pipeline.stage import StageFailed
 from pipeline.store import FeatureWriter
 from pipeline.video_cache import VideoCache, read_feature_entry, write_feature_entry
@@ -391,13 +392,17 @@ def encode_queries(queries: list[dict], text: dict, out_path: Path, attrs: dict)
                                   "layer": text["layer"]}) as writer:
         todo = [query for query in queries if not writer.done(query["cap_id"], group="pooled")]
         _log_resume(attrs["stage"], len(queries) - len(todo), len(queries), "queries")
+        cut = []  # caption ids of the queries the encoder cuts to its limit
         for start in tqdm(range(0, len(todo), _TEXT_CHUNK), desc="query features", unit="chunk"):
             chunk = todo[start:start + _TEXT_CHUNK]
+            cut += [chunk[index]["cap_id"] for index, _ in over_limit(encoder, [q["text"] for q in chunk])]
             for query, features in zip(chunk, encoder.encode([q["text"] for q in chunk])):
                 writer.write(query["cap_id"], features.tokens, group="tokens")
                 writer.write(query["cap_id"], features.pooled, group="pooled")
         writer.finish()
-    return {"inputs": {"queries": len(queries)}, "dim": encoder.dim}
+    if cut:
+        log.warning("%s", truncation_note("queries", len(cut), len(todo), cut, encoder.max_length))
+    return {"inputs": {"queries": len(queries)}, "dim": encoder.dim, "truncated_queries": len(cut)}
 
 
 def encode_subtitles(videos: list[dict], subtitles: list[dict], text: dict, visual: dict,
@@ -411,9 +416,11 @@ def encode_subtitles(videos: list[dict], subtitles: list[dict], text: dict, visu
                                   "layer": text["layer"]}) as writer:
         todo = [video for video in videos if not writer.done(video["video_id"], group="mask")]
         _log_resume(attrs["stage"], len(videos) - len(todo), len(videos), "videos")
+        cut_lines = 0  # subtitle lines the encoder cuts to its limit
         for video in tqdm(todo, desc="subtitle features", unit="video"):
-            sentences = [s for s in sentences_of.get(video["video_id"], []) if s["text"].strip()]
+            sentences = [s for s in sentences_of.get(video["video_id"], []) if not is_blank(s["text"])]
             encoded = encoder.encode([s["text"] for s in sentences]) if sentences else []
+            cut_lines += len(over_limit(encoder, [s["text"] for s in sentences]))
             timestamps, rate = feature_grid(video["duration"], visual)
             features, mask = pool_subtitles([(s["start"], s["end"], e.tokens) for s, e in zip(sentences, encoded)],
                                             timestamps, rate, encoder.dim)
@@ -421,4 +428,8 @@ def encode_subtitles(videos: list[dict], subtitles: list[dict], text: dict, visu
             writer.write(video["video_id"], mask, group="mask")
         writer.finish()
     with_subtitles = sum(1 for video in videos if sentences_of.get(video["video_id"]))
-    return {"inputs": {"videos": len(videos), "videos_with_subtitles": with_subtitles}, "dim": encoder.dim}
+    if cut_lines:
+        log.warning("%d subtitle lines have more than %d tokens (text.max_length) and are cut to it", cut_lines,
+                    encoder.max_length)
+    return {"inputs": {"videos": len(videos), "videos_with_subtitles": with_subtitles}, "dim": encoder.dim,
+            "truncated_subtitle_lines": cut_lines}

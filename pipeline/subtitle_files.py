@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from extractors.text_policy import is_blank
 from pipeline.text_files import text_lines
 
 SUBTITLE_EXTENSIONS = (".srt", ".vtt")
@@ -40,7 +41,7 @@ def read_subtitle_file(path: Path) -> list[dict]:
         timing_line_no = first_line_no + timing_index
         start, end = _parse_timing(block[timing_index], f"{path}:{timing_line_no}")
         text = " ".join(_MARKUP_RE.sub("", line).strip() for line in block[timing_index + 1:]).strip()
-        if text:
+        if not is_blank(text):
             sentences.append({"text": text, "start": start, "end": end})
     return sentences
 

@@ -18,6 +18,7 @@ clip embeddings in RAM; everything else is memory-mapped and read for the top hi
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,11 +28,14 @@ import torch
 import torch.nn.functional as F
 
 from amdnet.config import resolve_device
+from extractors.text_policy import is_blank, over_limit
 from amdnet.evaluate import load_model
 from amdnet.moments import moment_spans
 from amdnet.train import intra_op_threads
 from search.approximate import APPROXIMATE_FILE, ApproximateScorer, ApproximateSettings
 from search.index import INDEX_FILE, memory_map, reading
+
+log = logging.getLogger("search")
 
 # Longer texts are not queries (a pasted document, an attack on the encoder): refused before encoding.
 MAX_QUERY_CHARS = 1000
@@ -123,18 +127,14 @@ class Searcher:
                 "text": f"{self.text['encoder']}:{self.text['model']}", "query_input": self.query_input}
 
     def check_query(self, text: str) -> str:
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str) or is_blank(text):
             raise SearchError("empty query: type what happens in the moment you are looking for")
         if len(text) > MAX_QUERY_CHARS:
             raise SearchError(f"query too long: {len(text)} characters (at most {MAX_QUERY_CHARS})")
         text = text.strip()
-        tokenizer = getattr(self.encoder, "tokenizer", None)
-        if self.text["encoder"] == "hf-text" and tokenizer is not None:
-            n_tokens = len(tokenizer(text)["input_ids"])
-            limit = self.text["max_length"]
-            if n_tokens > limit:
-                raise SearchError(f"query too long: {n_tokens} tokens, the model reads at most {limit} "
-                                  f"(text.max_length); shorten it")
+        for _, n_tokens in over_limit(self.encoder, [text]):  # cut as QueryFeatures cuts (extractors/text_policy.py)
+            log.warning("query of %d tokens cut to %d (text.max_length), as in training", n_tokens,
+                        self.encoder.max_length)
         return text
 
     @torch.no_grad()

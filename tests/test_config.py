@@ -63,7 +63,7 @@ def test_overrides_are_typed_and_validated(make_config):
     assert config["visual"]["fps"] == 2.0 and isinstance(config["visual"]["fps"], float)
     assert config["train"]["lr"] == pytest.approx(1e-4)
     assert config["visual"]["parts"]["clip"]["pretrained"] is None
-    with pytest.raises(ConfigError, match=r"override visual\.fpss: unknown key"):
+    with pytest.raises(ConfigError, match=r"--set visual\.fpss=2: unknown key 'visual\.fpss'"):
         load_config(path, "visual.fpss=2")
     with pytest.raises(ConfigError, match=r"'train\.max_epochs' must be int, got str"):
         load_config(path, "train.max_epochs=many")
@@ -99,7 +99,7 @@ def test_named_parts_are_validated_and_overridable(make_config):
     assert config["visual"]["parts"]["extra"]["clip_len"] == 16  # defaults filled in a new part
     with pytest.raises(ConfigError, match=r"'visual\.parts\.clip\.pool' must be one of"):
         load_config(path, "visual.parts.clip.pool=median")
-    with pytest.raises(ConfigError, match=r"override visual\.parts\.clip\.modle: unknown key"):
+    with pytest.raises(ConfigError, match=r"--set visual\.parts\.clip\.modle=x: unknown key 'visual\.parts\.clip\.modle'"):
         load_config(path, "visual.parts.clip.modle=x")
     with pytest.raises(ConfigError, match=r"missing required key 'visual\.parts\.extra\.backbone'"):
         load_config(path, "visual.clip_seconds=1.5 visual.parts.extra.seed=1")
@@ -154,8 +154,9 @@ def test_values_outside_a_keys_range_fail_naming_the_key(make_config, key_path):
     values = _outside(RANGE_KEYS[key_path])
     assert values
     for value in values:
-        with pytest.raises(ConfigError, match=rf"tiny\.yaml: '{re.escape(key_path)}' must be [<>]=? "):
-            load_config(path, f"{key_path}={value}")
+        override = f"{key_path}={value}"
+        with pytest.raises(ConfigError, match=rf"^--set {re.escape(override)}: '{re.escape(key_path)}' must be [<>]=? "):
+            load_config(path, override)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -198,3 +198,28 @@ def test_bundle_names_are_confined(tmp_path):
     with pytest.raises(UnsafePathError):
         BundleLayout(tmp_path, "tvr", video="../../elsewhere").video_source
     assert BundleLayout(tmp_path, "tvr").captions("train") == tmp_path / "TextData" / "tvrtrain.caption.txt"
+
+
+@pytest.mark.parametrize("layout", ["link", "dotdot", "absolute"])
+def test_config_paths_are_trusted_and_followed_but_data_values_stay_confined(layout, tmp_path):
+    """data.videos and data.annotations are the user's choice (a videos folder linked to another disk):
+    followed wherever they lead. Ids and subtitle files read from the data stay inside that folder."""
+    root, disk = tmp_path / "data", tmp_path / "other_disk"
+    (root).mkdir()
+    (disk / "videos").mkdir(parents=True)
+    make_testsrc_video(disk / "videos" / "clip.mp4", 2, 5, (32, 24))
+    (disk / "secret.mp4").write_bytes((disk / "videos" / "clip.mp4").read_bytes())
+    (disk / "videos" / "out.mp4").symlink_to(disk / "secret.mp4")  # a data value leading out of the folder
+    (disk / "secret.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nnot to be read\n")
+    (disk / "videos" / "clip.srt").symlink_to(disk / "secret.srt")
+    (disk / "queries.csv").write_text("video,text\nclip,a test card\nout,a test card again\n../secret,a third\n")
+    videos = {"link": "videos", "dotdot": "../other_disk/videos", "absolute": str(disk / "videos")}[layout]
+    if layout == "link":
+        (root / "videos").symlink_to(disk / "videos")
+    data = load_config("custom", f"data.root={root} data.videos={videos} "
+                                 f"data.annotations.train=../other_disk/queries.csv data.annotations.test=null")["data"]
+    manifest = read_dataset(data, resolve_data_root(data["root"]))
+    assert [video["video_id"] for video in manifest.videos] == ["clip"]
+    assert Path(manifest.videos[0]["path"]).resolve() == (disk / "videos" / "clip.mp4").resolve()
+    assert [(p["problem"], p["line"]) for p in manifest.problems] == [("unsafe_path", 3), ("unsafe_path", 4)]
+    assert manifest.subtitles == []  # clip.srt links out of the videos folder: not read
