@@ -15,9 +15,11 @@ Many clients at once: searches run in uvicorn's thread pool (anyio: at most 40 a
 as open requests, none is dropped). The scoring and the spans run in those threads side by side
 (torch releases the GIL); the text encoder, whose tokenizer is not thread-safe, runs in one thread,
 `QueryBatcher`, which encodes the queries waiting at that moment together, one batch per query
-shape, so each answer is bit for bit the one a lone search gives. Memory is bounded by what is in
-flight: 40 searches, each holding its query (at most MAX_QUERY_CHARS characters) and, while it is
-scored, one (videos x clips) float32 row; the encoder holds at most MAX_BATCH queries' activations.
+shape, so each answer is bit for bit the one a lone search gives (Searcher.encode_queries). Memory
+is bounded by what is in flight: at most 40 searches (anyio's thread limit), each holding its query
+(at most MAX_QUERY_CHARS characters) and, while it is scored, one (videos x clips) float32 row; the
+encoder takes at most MAX_BATCH of them at a time and holds the activations of ENCODE_ROWS texts of
+at most text.max_length tokens per model call.
 """
 from __future__ import annotations
 
