@@ -23,7 +23,6 @@ from pathlib import Path
 import luigi
 
 from amdnet.atomic import write_jsonl_atomic
-from amdnet.metrics import moment_table
 from pipeline.config import ConfigError
 from pipeline.datasets import (
     check_data_files,
@@ -266,14 +265,14 @@ class VisualPart(PerVideoStage):
 
     def process(self, videos):
         from pipeline.features import extract_visual_features
-        from pipeline.visual import part_settings
+        from pipeline.backbones import part_settings
 
         return extract_visual_features(videos, part_settings(self.config["visual"], self.part), self.cache,
                                        self.stage, frames_fps=self.config["data"]["frame_fps"])
 
     def assemble(self, out_dir, videos, failures):
         from pipeline.features import assemble_visual_features
-        from pipeline.visual import part_settings
+        from pipeline.backbones import part_settings
 
         return assemble_visual_features(videos, part_settings(self.config["visual"], self.part), self.cache,
                                         failures, self.features, {"stage": self.stage, "fingerprint": self.fingerprint})
@@ -394,7 +393,7 @@ class Train(Stage):
         return {"dataset": _manifest_stage(self), **_feature_stages(self)}
 
     def build(self, out_dir):
-        from amdnet import train
+        from amdnet.train import train
         from pipeline.config import model_config, train_config
 
         summary = train(model_config(self.config), train_config(self.config), _feature_files(self),
@@ -411,7 +410,7 @@ class Evaluate(Stage):
         return {"train": self.clone(Train), "dataset": _manifest_stage(self), **_feature_stages(self)}
 
     def build(self, out_dir):
-        from amdnet import evaluate
+        from amdnet.evaluate import evaluate
 
         settings = self.config["evaluate"]
         metrics = evaluate(self.upstream_dir("train") / "best.pt", _feature_files(self),
@@ -553,6 +552,8 @@ class FullPipeline(DatasetTask, luigi.WrapperTask):
 
 def report(dataset: str, overrides: str = "") -> str:
     """The metrics table of the evaluated model and where every stage wrote its outputs."""
+    from amdnet.metrics import moment_table  # torch: only the report needs it, not the Luigi workers
+
     evaluate_task = Evaluate(dataset=dataset, set=overrides)
     metrics_path = evaluate_task.out_dir / "metrics.json"
     if not metrics_path.is_file():

@@ -1,7 +1,17 @@
-"""AMDNet for partially relevant video retrieval: model, losses, data, training and evaluation."""
-from amdnet.config import FeatureFiles, ModelConfig, TrainConfig
-from amdnet.evaluate import evaluate
-from amdnet.model import AMDNet
-from amdnet.train import train
+"""AMDNet for partially relevant video retrieval: model, losses, data, training and evaluation.
 
-__all__ = ["AMDNet", "FeatureFiles", "ModelConfig", "TrainConfig", "evaluate", "train"]
+Importing the package costs nothing: `amdnet.atomic` or `amdnet.config` alone must not import torch
+and matplotlib (every Luigi process imports them to check its stages). The model is imported on
+first use; training and evaluation are `amdnet.train.train` and `amdnet.evaluate.evaluate`.
+"""
+from amdnet.config import FeatureFiles, ModelConfig, TrainConfig
+
+__all__ = ["AMDNet", "FeatureFiles", "ModelConfig", "TrainConfig"]
+
+
+def __getattr__(name: str):
+    if name == "AMDNet":  # torch
+        from amdnet.model import AMDNet
+
+        return AMDNet
+    raise AttributeError(f"module 'amdnet' has no attribute {name!r}")

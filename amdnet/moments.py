@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import torch
 
+from amdnet.config import DEFAULT_SPAN_RULE, SPAN_RULES  # noqa: F401 (part of this module's interface)
 from amdnet.data import clip_bin_edges
 
-SPAN_RULES = ("anchor", "whole", "best_clip", "grown")
-# "grown" with half the best cosine beat the anchors on the demo's validation split (fractions 0 to
-# 0.95 tried; see docs/moments.md), so it is the default of evaluate and search.
-DEFAULT_SPAN_RULE = "grown"
 GROW_FRACTION = 0.5  # "grown": a neighbour joins the span while its cosine >= 0.5 * the best clip's
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -114,6 +113,8 @@ def save_checkpoint(path: Path, model: AMDNet, model_config: ModelConfig, train_
 
 
 def plot_curves(history: list[dict], path: Path):
+    from matplotlib.figure import Figure  # seconds to import: only a finished training draws its curves
+
     epochs = [record["epoch"] for record in history]
     figure = Figure(figsize=(11, 4))  # pyplot-free: the Agg canvas, no global figure state
     loss_axis, sumr_axis = figure.subplots(1, 2)

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from amdnet import AMDNet, FeatureFiles, ModelConfig, TrainConfig, evaluate
+from amdnet import AMDNet, FeatureFiles, ModelConfig, TrainConfig
+from amdnet.evaluate import evaluate
 from amdnet.config import resolve_device
 from amdnet.data import VideoCaptionDataset, collate_videos_with_captions
 from amdnet.optim import BertAdam, parameter_groups

@@ -5,24 +5,14 @@ AMDNet's published inputs are OpenAI CLIP ViT-B/32 image features (512-d, not L2
 `pretrained=None` (random init seeded by `seed`) or a local checkpoint file.
 """
 
-from pathlib import Path
-
 import open_clip
 import torch
 from open_clip.utils import to_2tuple
 
 from amdnet.config import resolve_device
-from extractors.registry import (
-    FrameExtractor,
-    FrameRecipe,
-    looks_like_path,
-    register_extractor,
-    seeded_random_init,
-    unknown_name,
-)
+from extractors.names import OPEN_CLIP_CONFIG_DIR
+from extractors.registry import FrameExtractor, FrameRecipe, register_extractor, seeded_random_init
 
-# Tiny architectures (e.g. "TinyViT-32-test") for tests and smoke runs, usable like built-in names.
-OPEN_CLIP_CONFIG_DIR = Path(__file__).parent / "open_clip_configs"
 open_clip.add_model_config(OPEN_CLIP_CONFIG_DIR)
 
 
@@ -63,30 +53,8 @@ class ClipImageExtractor(FrameExtractor):
         # Keep only the image tower: the text tower is half the weights and never used here.
         self._visual = clip.visual.to(device).eval()
 
-    @classmethod
-    def check_names(cls, model: str = "ViT-B-32", pretrained: str | None = None, **options) -> None:
-        check_clip_names(model, pretrained)
-
     def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._visual(pixels)  # (B, 3, h, w) -> (B, dim), projected, not normalised
-
-
-def check_clip_names(model: str, pretrained: str | None) -> None:
-    """`model` is an open_clip architecture (ours included) or an "hf-hub:" name; `pretrained` is None,
-    an existing checkpoint file or one of the model's open_clip tags. Raises ValueError otherwise."""
-    if model.startswith("hf-hub:"):  # resolved by open_clip on the hub; nothing to check offline
-        return
-    if model not in open_clip.list_models():
-        raise ValueError(unknown_name("open_clip model", model, open_clip.list_models(), "open_clip.list_models()"))
-    if pretrained is None or Path(pretrained).is_file():
-        return
-    tags = open_clip.list_pretrained_tags_by_model(model)
-    if looks_like_path(pretrained):
-        raise ValueError(f"pretrained={pretrained!r}: no such file")
-    if pretrained not in tags:
-        listed = f"its tags: {', '.join(tags[:4])}{', ...' if len(tags) > 4 else ''}" if tags else "it has no tags"
-        raise ValueError(f"pretrained={pretrained!r}: not a checkpoint file nor an open_clip tag of {model!r} "
-                         f"({listed})")
 
 
 def create_clip_model(model: str, pretrained: str | None, seed: int) -> torch.nn.Module:

@@ -11,7 +11,7 @@ import open_clip
 import torch
 
 from amdnet.config import resolve_device
-from extractors.clip_image import check_clip_names, create_clip_model
+from extractors.clip_image import create_clip_model
 from extractors.registry import TextExtractor, TextFeatures, batched, check_texts, inference_context, register_extractor
 
 
@@ -41,10 +41,6 @@ class ClipTextEncoder(TextExtractor):
         self.dim = open_clip.get_model_config(model)["embed_dim"]
         self.batch_size = batch_size
         self.progress = progress
-
-    @classmethod
-    def check_names(cls, model: str = "ViT-B-32", pretrained: str | None = None, **options) -> None:
-        check_clip_names(model, pretrained)
 
     def token_counts(self, texts: list[str]) -> list[int]:
         return [len(self.tokenizer.encode(text)) + 2 for text in texts]  # + start and end tokens

@@ -16,98 +16,65 @@ Pipeline stages then build backbones from config dictionaries by name:
 Every extractor exposes `kind`, `dim` (output feature size) and its input recipe: `recipe` (input
 size and mean/std normalisation) for frame backbones, `recipe` with `clip_len` and the frame rate
 it was trained at for clip backbones, `max_length` for text backbones.
+
+The names, kinds and options of the registered backbones are also listed in extractors/names.py,
+which checks a config's names without importing any backbone; `create_extractor` imports only the
+module of the backbone it builds.
 """
+
+from __future__ import annotations
 
 import abc
 import contextlib
-import difflib
-import inspect
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
-from torchvision.models import Weights
 from tqdm import tqdm
 
+from extractors.names import BACKBONES, EXTRACTOR_KINDS, check_options, check_torchvision_names
 from extractors.text_policy import is_blank
 
-EXTRACTOR_KINDS = ("frames", "clips", "text")
-# File suffixes of weights and checkpoints: a `pretrained` ending so names a file, not a tag.
-_WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+if TYPE_CHECKING:
+    from torchvision.models import Weights
 
 _EXTRACTORS: dict[str, type] = {}
 
 
 def register_extractor(name: str) -> Callable[[type], type]:
-    """Class decorator: make `cls` buildable as `create_extractor(name, **cfg)`."""
+    """Class decorator: make `cls` buildable as `create_extractor(name, **cfg)`. The name must be in
+    extractors/names.py's BACKBONES too, which config checks read without importing the module."""
 
     def register(cls: type) -> type:
-        if name in _EXTRACTORS:
-            raise ValueError(f"extractor name {name!r} is already registered by {_EXTRACTORS[name].__qualname__}")
         if getattr(cls, "kind", None) not in EXTRACTOR_KINDS:
             raise TypeError(
                 f"{cls.__qualname__} must declare kind as one of {EXTRACTOR_KINDS}, got {getattr(cls, 'kind', None)!r}"
             )
+        if name in _EXTRACTORS:
+            raise ValueError(f"extractor name {name!r} is already registered by {_EXTRACTORS[name].__qualname__}")
+        if name not in BACKBONES:
+            raise ValueError(f"extractor name {name!r} is not in extractors/names.py BACKBONES: add it there")
         _EXTRACTORS[name] = cls
         return cls
 
     return register
 
 
-def list_extractors(kind: str | None = None) -> list[str]:
-    """Registered extractor names, sorted; only those of `kind` ("frames", "clips" or "text") when given."""
-    return sorted(name for name, cls in _EXTRACTORS.items() if kind is None or cls.kind == kind)
-
-
 def create_extractor(name: str, **cfg):
-    """Build the extractor registered as `name` with the keyword options `cfg`.
+    """Build the extractor registered as `name` with the keyword options `cfg`; only its own module
+    is imported.
 
     Options are checked before anything heavy (model weights) is loaded, so a typo in a config file
     fails at once with the offending key named.
     """
-    cls = _registered(name)
-    _bind_options(name, cls, cfg)
-    return cls(**cfg)
-
-
-def check_extractor(name: str, kinds: tuple[str, ...] = EXTRACTOR_KINDS, **cfg) -> None:
-    """What can be known about `create_extractor(name, **cfg)` without loading a weight: the name is
-    registered with one of `kinds`, the options exist, and the model names and local files they
-    refer to exist (each backbone's `check_names`). Raises KeyError, TypeError or ValueError naming
-    the problem. Pipelines call it when a config is loaded, before any stage runs."""
-    cls = _registered(name)
-    if cls.kind not in kinds:
-        raise ValueError(f"extractor {name!r} is a {cls.kind} backbone; expected a {' or '.join(kinds)} backbone")
-    _bind_options(name, cls, cfg)
-    cls.check_names(**cfg)
-
-
-def _registered(name: str) -> type:
+    check_options(name, cfg)
     if name not in _EXTRACTORS:
-        raise KeyError(f"unknown extractor {name!r}; registered extractors: {', '.join(list_extractors())}")
-    return _EXTRACTORS[name]
-
-
-def _bind_options(name: str, cls: type, cfg: dict) -> None:
-    signature = inspect.signature(cls)
-    accepted = list(signature.parameters)
-    for key in cfg:
-        if key not in signature.parameters:
-            raise TypeError(f"extractor {name!r} got unknown option {key!r}; it accepts: {', '.join(accepted)}")
-    try:
-        signature.bind(**cfg)
-    except TypeError as error:
-        raise TypeError(f"extractor {name!r}: {error}; it accepts: {', '.join(accepted)}") from None
-
-
-def check_weights_file(pretrained: str | None) -> None:
-    """A `pretrained` that must be None or an existing local file (the default `check_names`)."""
-    if pretrained is not None and not Path(pretrained).is_file():
-        raise ValueError(f"pretrained={pretrained!r}: no such file")
+        importlib.import_module(BACKBONES[name].module)  # registers it
+    return _EXTRACTORS[name](**cfg)
 
 
 @contextlib.contextmanager
@@ -180,12 +147,6 @@ def preprocess_frames(frames: torch.Tensor, recipe: FrameRecipe) -> torch.Tensor
 class _PixelExtractor(abc.ABC):
     """Batching, device placement and autocast shared by frame and clip backbones. Subclasses say
     how to check and normalise one batch of uint8 input and implement `_embed`."""
-
-    @classmethod
-    def check_names(cls, pretrained: str | None = None, **options) -> None:
-        """Raise ValueError when a model name or weights file in the options does not exist (no
-        weights are loaded). Backbones with named weights override it."""
-        check_weights_file(pretrained)
 
     def __init__(self, dim: int, recipe: FrameRecipe, device: torch.device, batch_size: int, progress: bool):
         self.dim = dim
@@ -312,10 +273,6 @@ class TextExtractor(abc.ABC):
     dim: int
     max_length: int
 
-    @classmethod
-    def check_names(cls, **options) -> None:
-        """Raise ValueError when the model named in the options does not exist (nothing is loaded)."""
-
     @abc.abstractmethod
     def encode(self, texts: list[str]) -> list[TextFeatures]:
         """Features for each text, in order."""
@@ -336,34 +293,6 @@ def check_texts(texts: list[str]) -> None:
             raise ValueError(f"text at index {index} is empty (no visible character)")
 
 
-def check_torchvision_names(arch: str, pretrained: str | None) -> None:
-    """`arch` is a torchvision model; `pretrained` is None, an existing file or a weights name of `arch`."""
-    if arch not in torchvision.models.list_models():
-        raise ValueError(unknown_name("torchvision model", arch, torchvision.models.list_models(),
-                                      "torchvision.models.list_models()"))
-    available = torchvision.models.get_model_weights(arch)
-    if pretrained is None or Path(pretrained).is_file() or pretrained in available.__members__:
-        return
-    problem = "no such file" if looks_like_path(pretrained) else "unknown weights name"
-    raise ValueError(f"pretrained={pretrained!r}: {problem}; for {arch!r} it is neither an existing file nor a "
-                     f"torchvision weights name ({', '.join(available.__members__)})")
-
-
-def unknown_name(what: str, name: str, known: list[str], listed_by: str) -> str:
-    """The message for a name not in `known`: the closest known names, not a list of hundreds."""
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
-    return f"unknown {what} {name!r}; {hint}{listed_by} lists the {len(known)} known ones"
-
-
-def looks_like_path(value: str) -> bool:
-    """Whether a user means `value` as a local file or folder rather than a name in a model registry:
-    it starts like a path (/, ./, ../, ~), has a file suffix, or has more folders than a hub name's
-    "organisation/model"."""
-    return (value.startswith(("/", "./", "../", "~")) or Path(value).suffix in _WEIGHTS_SUFFIXES
-            or value.count("/") > 1)
-
-
 def create_torchvision_model(arch: str, pretrained: str | None, seed: int) -> tuple[torch.nn.Module, Weights]:
     """The torchvision model `arch` in eval mode, and the weights entry whose preprocessing it expects.
 
@@ -371,6 +300,8 @@ def create_torchvision_model(arch: str, pretrained: str | None, seed: int) -> tu
     use), a local state-dict file, or None for random weights seeded with `seed`. For a file or
     random init the preprocessing is that of the architecture's default weights.
     """
+    import torchvision  # seconds: only the backbones built on it pay for it
+
     check_torchvision_names(arch, pretrained)
     available = torchvision.models.get_model_weights(arch)
     if pretrained is not None and not Path(pretrained).is_file():

@@ -12,13 +12,7 @@ import torchvision
 from torch import nn
 
 from amdnet.config import resolve_device
-from extractors.registry import (
-    FrameExtractor,
-    FrameRecipe,
-    check_torchvision_names,
-    create_torchvision_model,
-    register_extractor,
-)
+from extractors.registry import FrameExtractor, FrameRecipe, create_torchvision_model, register_extractor
 
 CLASSIFICATION_ARCHS = tuple(torchvision.models.list_models(module=torchvision.models))
 
@@ -55,10 +49,6 @@ class TorchvisionImageExtractor(FrameExtractor):
         super().__init__(dim=dim, recipe=recipe, device=device, batch_size=batch_size, progress=progress)
         self._network = network.to(device)
 
-    @classmethod
-    def check_names(cls, model: str, pretrained: str | None = None, **options) -> None:
-        check_torchvision_names(model, pretrained)
-
     def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._network(pixels)  # (B, 3, h, w) -> (B, dim)
 
@@ -77,10 +67,6 @@ class ResNet152Extractor(TorchvisionImageExtractor):
         progress: bool = False,
     ):
         super().__init__("resnet152", pretrained, seed, device, batch_size, progress)
-
-    @classmethod
-    def check_names(cls, pretrained: str | None = None, **options) -> None:
-        check_torchvision_names("resnet152", pretrained)
 
 
 def _remove_final_linear(network: nn.Module, arch: str) -> int:

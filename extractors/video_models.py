@@ -9,13 +9,7 @@ import torch
 from torch import nn
 
 from amdnet.config import resolve_device
-from extractors.registry import (
-    ClipExtractor,
-    ClipRecipe,
-    check_torchvision_names,
-    create_torchvision_model,
-    register_extractor,
-)
+from extractors.registry import ClipExtractor, ClipRecipe, create_torchvision_model, register_extractor
 
 # The frame rate the torchvision Kinetics weights were trained and evaluated at (their docs).
 KINETICS_TRAINING_FPS = 15.0
@@ -57,10 +51,6 @@ class TorchvisionVideoExtractor(ClipExtractor):
         )
         super().__init__(dim=self.feature_dim, recipe=recipe, device=device, batch_size=batch_size, progress=progress)
         self._network = network.to(device)
-
-    @classmethod
-    def check_names(cls, pretrained: str | None = None, **options) -> None:
-        check_torchvision_names(cls.arch, pretrained)
 
     def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._network(pixels)  # (B, 3, T, h, w) -> (B, dim)

@@ -23,8 +23,10 @@ from typing import Any
 
 import yaml
 
-from amdnet.config import RESULT_NEUTRAL_TRAIN_FIELDS, ModelConfig, Range, TrainConfig, field_range
-from amdnet.moments import DEFAULT_SPAN_RULE, SPAN_RULES
+from amdnet.config import (DEFAULT_SPAN_RULE, RESULT_NEUTRAL_TRAIN_FIELDS, SPAN_RULES, ModelConfig, Range, TrainConfig,
+                           field_range)
+from extractors.names import check_extractor
+from pipeline.backbones import part_settings, text_encoder_options, visual_extractor_options
 from pipeline.datasets import DEFAULT_DURATION_TOLERANCE_S, DEFAULT_PROBLEM_POLICY, FORMATS, PROBLEM_ACTIONS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -243,11 +245,8 @@ def _load_config_cached(dataset: str, overrides: str) -> dict:
 def _check_backbones(config: dict, path: Path) -> None:
     """The backbones and model names the feature stages will build exist, and so do the local weights
     files and model folders they name: a typo fails here, not when extraction starts after other
-    stages ran. Nothing is loaded (imported here: torch, open_clip and transformers take seconds)."""
-    from pipeline.features import text_encoder_options, visual_extractor_options
-    from pipeline.visual import part_settings
-    from extractors.registry import check_extractor
-
+    stages ran. Nothing is loaded and no backbone imported (extractors/names.py reads the names from
+    files): each process that loads a config pays milliseconds for this, not seconds."""
     checks = {f"visual.parts.{name}": (visual_extractor_options(part_settings(config["visual"], name)),
                                        ("frames", "clips")) for name in config["visual"]["parts"]}
     checks["text"] = (text_encoder_options(config["text"]), ("text",))

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from extractors import create_extractor, list_extractors
+from extractors import create_extractor
 from extractors.decode import VideoDecodeError, iter_decoded_frames, sample_times
 from extractors.subtitles import pool_subtitles
 from extractors.text_policy import is_blank, over_limit, truncation_note
+from pipeline.backbones import items_per_batch, text_encoder, visual_extractor_options
 from pipeline.stage import StageFailed
 from pipeline.store import FeatureWriter
 from pipeline.video_cache import VideoCache, read_feature_entry, write_feature_entry
@@ -230,14 +231,6 @@ def decode_videos(videos: list[dict], visual: dict, frames_fps: float | None = N
                                             worker_init_fn=functools.partial(exit_with_parent, os.getpid())))
 
 
-def _items_per_batch(visual: dict) -> int:
-    """visual.batch_size counts frames, so a batch of windows holds about as many frames as one of
-    frames (and as much memory)."""
-    if visual["backbone"] in list_extractors("clips"):
-        return max(1, visual["batch_size"] // visual["clip_len"])
-    return visual["batch_size"]
-
-
 def _create_extractor(visual: dict):
     """The part's backbone."""
     name, options = visual_extractor_options(visual)
@@ -245,17 +238,6 @@ def _create_extractor(visual: dict):
     if extractor.kind == "text":
         raise ValueError(f"visual backbone {visual['backbone']!r} is a text encoder")
     return extractor
-
-
-def visual_extractor_options(visual: dict) -> tuple[str, dict]:
-    """The part's backbone name and its options: only those that kind of backbone has."""
-    options = {"pretrained": visual["pretrained"], "seed": visual["seed"], "device": visual["device"],
-               "batch_size": _items_per_batch(visual)}
-    if visual["model"] is not None:  # backbones with one architecture (resnet152, i3d) have no `model`
-        options["model"] = visual["model"]
-    if visual["backbone"] in list_extractors("clips"):
-        options["clip_len"] = visual["clip_len"]
-    return visual["backbone"], options
 
 
 def extract_visual_features(videos: list[dict], visual: dict, cache: VideoCache, stage: str,
@@ -276,7 +258,7 @@ def extract_visual_features(videos: list[dict], visual: dict, cache: VideoCache,
         extractor = _create_extractor(visual)
         windows = _WindowShape(visual["clip_len"], visual["clip_stride"] or visual["clip_len"]) \
             if extractor.kind == "clips" else None
-        batcher = _VideoBatcher(extractor, _items_per_batch(visual), pin_memory=extractor.device.type == "cuda")
+        batcher = _VideoBatcher(extractor, items_per_batch(visual), pin_memory=extractor.device.type == "cuda")
         source_frames: dict[str, int] = {}
         decoders: dict[str, str] = {}  # video id -> "pyav": videos (some of) whose frames decord could not decode
         with tqdm(total=len(todo), desc="visual features", unit="video") as progress:
@@ -367,22 +349,6 @@ def _check_failures(failures: dict[str, str], total: int, max_fraction: float) -
         listing = "\n".join(f"  {vid}: {reason}" for vid, reason in sorted(failures.items()))
         raise StageFailed(f"{len(failures)} of {total} videos failed (more than "
                           f"visual.max_failed_fraction={max_fraction}):\n{listing}")
-
-
-def text_encoder(text: dict):
-    name, options = text_encoder_options(text)
-    return create_extractor(name, **options)
-
-
-def text_encoder_options(text: dict) -> tuple[str, dict]:
-    """The text encoder's name and its options."""
-    options = {"model": text["model"], "device": text["device"], "batch_size": text["batch_size"]}
-    if text["encoder"] == "clip-text":
-        options.update(pretrained=text["pretrained"], seed=text["seed"])
-    else:
-        options.update(layer=text["layer"], max_length=text["max_length"],
-                       strip_special_tokens=text["strip_special_tokens"])
-    return text["encoder"], options
 
 
 def encode_queries(queries: list[dict], text: dict, out_path: Path, attrs: dict) -> dict:

@@ -22,16 +22,6 @@ from pipeline.stage import StageFailed
 from pipeline.store import FeatureWriter, entry_name
 from pipeline.video_cache import VideoCache
 
-_EXTRACTION_SETTINGS = ("batch_size", "num_workers", "device", "max_failed_fraction", "shards")
-
-
-def part_settings(visual: dict, name: str) -> dict:
-    """Everything the extraction of part ``name`` needs, with the recipe's shared values filled in."""
-    part = visual["parts"][name]
-    return {**part, "fps": part["fps"] or visual["fps"], "size": visual["size"],
-            **{key: visual[key] for key in _EXTRACTION_SETTINGS}}
-
-
 def feature_grid(duration: float, visual: dict) -> tuple[np.ndarray, float]:
     """Times (T,) of the recipe's features for a video, and their rate (features per second)."""
     if visual["clip_seconds"] is None:

@@ -26,13 +26,15 @@ import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from amdnet.config import resolve_device
-from extractors.text_policy import is_blank, over_limit
-from amdnet.evaluate import load_model
+from amdnet.config import ModelConfig, TrainConfig, config_from_dict, resolve_device
+from amdnet.model import AMDNet, FeatureProjection
 from amdnet.moments import moment_spans
 from amdnet.train import intra_op_threads
+from extractors.text_policy import is_blank
 from search.approximate import APPROXIMATE_FILE, ApproximateScorer, ApproximateSettings
+from search.errors import SearchError
 from search.index import INDEX_FILE, memory_map, reading
 
 log = logging.getLogger("search")
@@ -40,10 +42,8 @@ log = logging.getLogger("search")
 # Longer texts are not queries (a pasted document, an attack on the encoder): refused before encoding.
 MAX_QUERY_CHARS = 1000
 MAX_K = 1000
-
-
-class SearchError(ValueError):
-    """A query or setting the search cannot take; the message is one line meant for the user."""
+# Texts per text-encoder call, always (see Searcher.encode_queries): what makes batched answers exact.
+ENCODE_ROWS = 4
 
 
 @dataclass(frozen=True)
@@ -80,43 +80,86 @@ class ExactScorer:
         return best.values, best.indices
 
 
+@dataclass(frozen=True)
+class IndexFile:
+    """What a search reads from index.h5: the per-video arrays memory-mapped, the small lists in RAM."""
+
+    attrs: dict
+    clip_embeddings: np.ndarray  # (V, N, d) float32, float16 in an approximate index
+    proposals: np.ndarray  # (V, K, d)
+    centers: np.ndarray  # (V, K)
+    widths: np.ndarray  # (V, K)
+    clip_fractions: np.ndarray  # (V, N, 2)
+    durations: list[float]  # (V,) seconds
+    video_ids: list[str]
+    paths: list[str]
+    playable: list[str]
+    is_frames: list[bool]
+
+
+def load_index(index_dir: Path) -> IndexFile:
+    """The index of `index_dir` (the one place that knows index.h5's layout on the reading side)."""
+    path = Path(index_dir) / INDEX_FILE
+    with h5py.File(path, "r") as index:
+        attrs = dict(index.attrs)
+        if "search_method" not in attrs:
+            raise SearchError(f"{path}: made by an older Index stage (before approximate search); rebuild it")
+        mapped = {name: memory_map(path, index, name)
+                  for name in ("clip_embeddings", "proposals", "centers", "widths", "clip_fractions")}
+        return IndexFile(attrs=attrs, **mapped, durations=index["durations"][()].tolist(),
+                         video_ids=[value.decode() for value in index["video_ids"][()]],
+                         paths=[value.decode() for value in index["paths"][()]],
+                         playable=[value.decode() for value in index["playable"][()]],
+                         is_frames=index["is_frames"][()].tolist())
+
+
+class QueryHead(nn.Module):
+    """The query side of a trained AMDNet alone: its query projection, loaded from the checkpoint,
+    and AMDNet's own `encode_queries` (so a query embeds exactly as in Evaluate). The video side,
+    most of the weights, is never built: the index holds what it computed."""
+
+    encode_queries = AMDNet.encode_queries  # reads self.config.query_pooling and self.query_projection
+
+    def __init__(self, checkpoint: dict):
+        super().__init__()
+        self.config = config_from_dict(ModelConfig, checkpoint["model_config"])
+        self.query_projection = FeatureProjection(checkpoint["query_dim"], self.config.hidden_size,
+                                                  self.config.input_dropout)
+        prefix = "query_projection."
+        self.query_projection.load_state_dict({key[len(prefix):]: value for key, value in checkpoint["model"].items()
+                                               if key.startswith(prefix)})
+        self.eval()
+
+
 class Searcher:
-    """Loads an index, its model and its text encoder once; `search` answers queries."""
+    """Loads an index, the query head of its model and its text encoder once; `search` answers queries.
+
+    Thread-safe: `answer` (scoring and spans) may run in many threads at once (torch releases the
+    GIL); `encode_queries` must run in one thread at a time (the tokenizer is not thread-safe), which
+    search/api.py's `QueryBatcher` ensures while batching the queries that wait.
+    """
 
     def __init__(self, index_dir: Path, span_rule: str, device: str = "cpu"):
-        from pipeline.features import text_encoder
+        from pipeline.backbones import text_encoder
 
         self.index_dir = Path(index_dir)
         self.span_rule = span_rule
         self.device = resolve_device(device)
         self.hold = reading(self.index_dir)  # for the searcher's life: a newer index never deletes this one
-        path = self.index_dir / INDEX_FILE
-        with h5py.File(path, "r") as index:
-            self.attrs = dict(index.attrs)
-            mapped = {name: memory_map(path, index, name)
-                      for name in ("clip_embeddings", "proposals", "centers", "widths", "clip_fractions")}
-            self.durations = index["durations"][()].tolist()  # (V,)
-            self.video_ids = [value.decode() for value in index["video_ids"][()]]
-            self.paths = [value.decode() for value in index["paths"][()]]
-            self.playable = [value.decode() for value in index["playable"][()]]
-            self.is_frames = index["is_frames"][()].tolist()
+        self.index = load_index(self.index_dir)
+        self.attrs, self.durations, self.video_ids = self.index.attrs, self.index.durations, self.index.video_ids
+        self.paths, self.playable, self.is_frames = self.index.paths, self.index.playable, self.index.is_frames
+        self.clip_embeddings = self.index.clip_embeddings  # (V, N, d)
         self.rows = {video_id: row for row, video_id in enumerate(self.video_ids)}
-        self.clip_embeddings = mapped["clip_embeddings"]  # (V, N, d) float32, float16 in an approximate index
-        self.proposals = mapped["proposals"]  # (V, K, d)
-        self.centers, self.widths = mapped["centers"], mapped["widths"]  # (V, K)
-        self.clip_fractions = mapped["clip_fractions"]  # (V, N, 2)
-        if "search_method" not in self.attrs:
-            raise SearchError(f"{path}: made by an older Index stage (before approximate search); rebuild it")
         self.method = str(self.attrs["search_method"])
         if self.method == "approximate":
             settings = ApproximateSettings(**json.loads(self.attrs["approximate"]))
-            self.scorer = ApproximateScorer(self.index_dir / APPROXIMATE_FILE, self.clip_embeddings, settings)
+            self.scorer = ApproximateScorer(self.index_dir / APPROXIMATE_FILE, self.index.clip_embeddings, settings)
         else:
-            self.scorer = ExactScorer(np.array(self.clip_embeddings, dtype=np.float32))  # read into RAM once
-        state = torch.load(self.attrs["checkpoint"], map_location=self.device, weights_only=True)
-        self.model, train_config = load_model(state, self.device)
-        self.model.eval()
-        self.query_input = train_config.query_input
+            self.scorer = ExactScorer(np.array(self.index.clip_embeddings, dtype=np.float32))  # read into RAM once
+        state = torch.load(self.attrs["checkpoint"], map_location="cpu", weights_only=True, mmap=True)
+        self.head = QueryHead(state).to(self.device)
+        self.query_input = config_from_dict(TrainConfig, state["train_config"]).query_input
         self.text = json.loads(self.attrs["text"])
         self.encoder = text_encoder({**self.text, "device": str(self.device)})
 
@@ -127,35 +170,71 @@ class Searcher:
                 "text": f"{self.text['encoder']}:{self.text['model']}", "query_input": self.query_input}
 
     def check_query(self, text: str) -> str:
+        """The query as it is encoded (stripped); SearchError when it is empty or too long."""
+        self.query_shape(text)
+        return text.strip()
+
+    def query_shape(self, text: str) -> int:
+        """How many tokens the encoder reads of `text` (0 for encoders that pad every text to one
+        length): queries of one shape are encoded together exactly as each alone. SearchError when
+        the query is empty or over MAX_QUERY_CHARS; a query over `text.max_length` tokens is cut as
+        QueryFeatures cuts (extractors/text_policy.py), and the cut is logged."""
         if not isinstance(text, str) or is_blank(text):
             raise SearchError("empty query: type what happens in the moment you are looking for")
         if len(text) > MAX_QUERY_CHARS:
             raise SearchError(f"query too long: {len(text)} characters (at most {MAX_QUERY_CHARS})")
-        text = text.strip()
-        for _, n_tokens in over_limit(self.encoder, [text]):  # cut as QueryFeatures cuts (extractors/text_policy.py)
-            log.warning("query of %d tokens cut to %d (text.max_length), as in training", n_tokens,
-                        self.encoder.max_length)
-        return text
+        (n_tokens,) = self.encoder.token_counts([text.strip()])
+        limit = self.encoder.max_length
+        if n_tokens > limit:
+            log.warning("query of %d tokens cut to %d (text.max_length), as in training", n_tokens, limit)
+        return min(n_tokens, limit) if self.text["encoder"] == "hf-text" else 0
 
     @torch.no_grad()
-    def encode_query(self, text: str) -> torch.Tensor:
-        """(1, d) unit vector: the text encoder's features -> the model's query embedding."""
-        # One short text is too little work to split: on CPU, more intra-op threads only wait for each
-        # other, which costs 10x on a busy machine (benchmarks/search_speed.py). Scoring keeps them all.
+    def encode_queries(self, texts: list[str]) -> torch.Tensor:
+        """(B, d) unit vectors: the text encoder's features -> the model's query embeddings.
+
+        Texts of one `query_shape` give bit for bit what each gives alone: every model call takes
+        exactly ENCODE_ROWS texts (a short batch is filled with copies of its first text), so the
+        matrix products have one shape whatever the batch, and one intra-op thread. (Products of
+        other shapes differ in the last bits.) A lone query costs about 15 % more than unpadded;
+        four waiting queries cost about a quarter each."""
+        # A few short texts are too little work to split: on CPU, more intra-op threads only wait for
+        # each other, which costs 10x on a busy machine (benchmarks/search_speed.py). Scoring keeps them all.
+        chunks = [texts[start:start + ENCODE_ROWS] for start in range(0, len(texts), ENCODE_ROWS)]
         with intra_op_threads(1):
-            (features,) = self.encoder.encode([text])
-            if self.query_input == "tokens":
-                query = torch.from_numpy(features.tokens)[None]  # (1, L, Dq)
-            else:
-                query = torch.from_numpy(features.pooled)[None]  # (1, Dq)
-            return F.normalize(self.model.encode_queries(query.to(self.device)), dim=-1).cpu()  # (1, d)
+            return torch.cat([self._encode_rows(chunk + chunk[:1] * (ENCODE_ROWS - len(chunk)))[:len(chunk)]
+                              for chunk in chunks])
 
-    @torch.no_grad()
+    def _encode_rows(self, texts: list[str]) -> torch.Tensor:
+        features = self.encoder.encode(texts)
+        if self.query_input == "tokens":
+            tokens = [torch.from_numpy(feature.tokens) for feature in features]  # (L_i, Dq) each
+            queries = nn.utils.rnn.pad_sequence(tokens, batch_first=True)  # (B, L, Dq)
+            mask = nn.utils.rnn.pad_sequence([torch.ones(len(t), dtype=torch.bool) for t in tokens],
+                                             batch_first=True)  # (B, L)
+            embedded = self.head.encode_queries(queries.to(self.device), mask.to(self.device))
+        else:
+            queries = torch.from_numpy(np.stack([feature.pooled for feature in features]))  # (B, Dq)
+            embedded = self.head.encode_queries(queries.to(self.device))
+        return F.normalize(embedded, dim=-1).cpu()  # (B, d)
+
+    def encode_query(self, text: str) -> torch.Tensor:
+        """(1, d) unit vector of one query."""
+        return self.encode_queries([text])
+
+    @staticmethod
+    def check_k(k: int) -> None:
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+            raise SearchError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+
     def search(self, text: str, k: int = 10) -> list[Hit]:
         """The top-k videos for `text`, best first, each with its moment [start, end] in seconds."""
-        if not isinstance(k, int) or not 1 <= k <= MAX_K:
-            raise SearchError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
-        query = self.encode_query(self.check_query(text))  # (1, d)
+        self.check_k(k)
+        return self.answer(self.encode_query(self.check_query(text)), k)
+
+    @torch.no_grad()
+    def answer(self, query: torch.Tensor, k: int) -> list[Hit]:
+        """The top-k hits of one (1, d) encoded query; safe to call from many threads at once."""
         scores, rows = self.scorer.top_k(query, k)  # (1, k')
         found = scores[0] > -torch.inf  # an approximate first stage may propose fewer than k videos
         return self.hits(query[0], scores[0][found], rows[0][found])
@@ -165,10 +244,10 @@ class Searcher:
         def read(array: np.ndarray) -> torch.Tensor:  # the rows of the hits only, as float32
             return torch.from_numpy(np.asarray(array[rows.numpy()], dtype=np.float32))
 
-        spans = moment_spans(self.span_rule, query.expand(len(rows), -1), read(self.clip_embeddings),
-                             read(self.proposals), read(self.centers), read(self.widths),
-                             clip_spans=read(self.clip_fractions))  # (k, 2) fractions
+        index = self.index
+        spans = moment_spans(self.span_rule, query.expand(len(rows), -1), read(index.clip_embeddings),
+                             read(index.proposals), read(index.centers), read(index.widths),
+                             clip_spans=read(index.clip_fractions))  # (k, 2) fractions
         return [Hit(rank, self.video_ids[row], score, span[0] * self.durations[row], span[1] * self.durations[row],
                     self.durations[row], self.paths[row], row, self.scorer.method)
                 for rank, (row, score, span) in enumerate(zip(rows.tolist(), scores.tolist(), spans.tolist()), 1)]
-

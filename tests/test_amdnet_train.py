@@ -3,7 +3,9 @@ import json
 import pytest
 import torch
 
-from amdnet import AMDNet, ModelConfig, TrainConfig, evaluate, train
+from amdnet import AMDNet, ModelConfig, TrainConfig
+from amdnet.evaluate import evaluate
+from amdnet.train import train
 from amdnet.cli import main
 from amdnet.data import VideoCaptionDataset, collate_videos_with_captions
 from amdnet.evaluate import load_model

@@ -233,7 +233,7 @@ def test_torchvision_2d_is_configured_by_its_model_key(tmp_path, bikes_frames):
     config check and the pipeline's own options to the backbone (it once expected another name)."""
     from pipeline.config import load_config
     from pipeline.features import _create_extractor
-    from pipeline.visual import part_settings
+    from pipeline.backbones import part_settings
 
     config = tmp_path / "tv.yaml"
     config.write_text("name: tv\ndata: {source: demo, annotations: {train: a.jsonl, test: b.jsonl}}\n"

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from amdnet import AMDNet, ModelConfig, TrainConfig, evaluate
+from amdnet import AMDNet, ModelConfig, TrainConfig
+from amdnet.evaluate import evaluate
 from amdnet.data import VideoCaptionDataset, bin_clips
 from amdnet.evaluate import encode_split, load_model, rank_split
 from amdnet.moments import SPAN_RULES

@@ -9,7 +9,10 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -22,7 +25,8 @@ import pytest
 
 import tasks
 from search.cli import index_task, main as search_cli
-from search.searcher import MAX_K, MAX_QUERY_CHARS, Searcher, SearchError
+from search.errors import SearchError
+from search.searcher import MAX_K, MAX_QUERY_CHARS, Searcher
 from videos import make_testsrc_video, run_ffmpeg
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -129,8 +133,18 @@ def test_index_and_search_a_plain_folder(demo, tmp_path, capsys):
     outside = tmp_path / "outside.mp4"
     make_testsrc_video(outside, seconds=2, fps=10)
     (folder / "link.mp4").symlink_to(outside)  # resolves outside the collection: left out
-    assert search_cli(["index", "--dataset", str(path), "--folder", str(folder)]) == 0
-    index_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    (folder / "street" / "broken.mp4").write_bytes(b"not a video" * 100)  # decord prints its own error line
+    # As a user runs it (its own process): one line on stdout, one on stderr, the rest in the log file.
+    result = subprocess.run([sys.executable, "-m", "search", "index", "--dataset", str(path), "--folder", str(folder)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    (summary,), err = result.stdout.splitlines(), result.stderr
+    assert len(err.splitlines()) == 1 and err.startswith("indexing into "), err
+    index_dir = Path(re.search(r" videos in (\S+) ", summary)[1])
+    assert summary.startswith("indexed 3 videos in ") and "(features: 3 extracted, 0 from the cache)" in summary
+    assert "skipped 1: 1 unreadable_video" in summary and str(index_dir / "manifest.json") in summary, summary
+    log = Path(re.search(r"\(log: (\S+)\)", err)[1])
+    assert "Luigi Execution Summary" in log.read_text()  # the details went to the file the line names
     with h5py.File(index_dir / "index.h5") as f:
         ids = [value.decode() for value in f["video_ids"][()]]
         playable = [value.decode() for value in f["playable"][()]]
@@ -147,6 +161,8 @@ def test_index_and_search_a_plain_folder(demo, tmp_path, capsys):
     hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert sorted(hit["video_id"] for hit in hits) == sorted(ids)
     assert all(0 <= hit["start"] <= hit["end"] <= hit["duration"] + 1e-6 for hit in hits)
+    assert search_cli(["index", "--dataset", str(path), "--folder", str(folder)]) == 0
+    assert capsys.readouterr().out.startswith("index up to date: 3 videos in ")
     assert search_cli(["index", "--dataset", str(path), "--folder", str(tmp_path / "nothing")]) == 2
 
 
@@ -248,6 +264,140 @@ def test_api_serves_videos_with_ranges_and_cached_thumbnails(server, searcher):
     assert _get(server, f"/thumbnails/{video_id}?t=2.0")[2] == body and cached.stat().st_mtime_ns == made
 
 
+@pytest.mark.parametrize("header", ["bytes=100-50", "bytes=abc", "bytes=", "bytes=-", "bytes=1-2-3", "bytes=5",
+                                    "pages=0-10", "bytes=0-10,abc", "bytes=0-10,20-5"])
+def test_api_ignores_an_invalid_range(server, searcher, header):
+    """A Range header that is not valid (RFC 9110 section 14) is ignored: 200 with the whole file."""
+    whole = Path(searcher.playable[0]).read_bytes()
+    status, headers, body = _get(server, f"/videos/{searcher.video_ids[0]}", {"Range": header})
+    assert status == 200 and body == whole and "content-range" not in headers
+
+
+def test_api_serves_valid_ranges_and_refuses_unsatisfiable_ones(server, searcher):
+    video_id, whole = searcher.video_ids[0], Path(searcher.playable[0]).read_bytes()
+    size = len(whole)
+    for header, expected in (("bytes=-100", whole[-100:]), (f"bytes={size - 10}-", whole[-10:]),
+                             ("bytes=0-0", whole[:1]), (f"bytes=10-{10 * size}", whole[10:]),
+                             (f"bytes=0-9, {size + 5}-", whole[:10])):  # an unsatisfiable part is dropped
+        status, headers, body = _get(server, f"/videos/{video_id}", {"Range": header})
+        assert status == 206 and body == expected, header
+    status, headers, body = _get(server, f"/videos/{video_id}", {"Range": "bytes=0-9,20-29"})
+    assert status == 206 and headers["content-type"].startswith("multipart/byteranges")
+    assert whole[:10] in body and whole[20:30] in body
+    for header in (f"bytes={size}-", f"bytes={size + 100}-{size + 200}", "bytes=-0"):
+        status, headers, _ = _get(server, f"/videos/{video_id}", {"Range": header})
+        assert status == 416 and headers["content-range"] == f"bytes */{size}", header
+
+
+def test_thumbnail_past_the_end_is_the_last_frame(server, searcher):
+    """t past the end (and far past it) shows the frame on screen at the end, not a blank frame."""
+    from PIL import Image
+    import io
+
+    from extractors.decode import decode_frames
+
+    lasts = [decode_frames(path, [1e9], short_side=180, crop=False) for path in searcher.paths]
+    row = int(np.argmax([decoded.frames[0].mean() for decoded in lasts]))  # a video that does not end black
+    last, duration = lasts[row], searcher.durations[row]
+    assert last.timestamps[0] > duration - 1.0 and last.frames[0].mean() > 20
+    for t in (duration + 0.5, 1e6):
+        status, headers, body = _get(server, f"/thumbnails/{searcher.video_ids[row]}?t={t}")
+        assert status == 200 and headers["content-type"] == "image/jpeg"
+        shown = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"), dtype=np.float32)
+        assert shown.shape == last.frames[0].shape
+        assert np.abs(shown - last.frames[0]).mean() < 4  # the same frame, up to JPEG
+
+
+# ---- many clients at once -----------------------------------------------------------------------------
+
+
+QUERIES = ["a man talks on the phone in a car", "colour bars", "a red square moving left", "a cartoon rabbit",
+           "two people walk along a street at night while it rains", "a dog", "colour bars", "a bird flies"]
+
+
+def _same_hits(answer: list[dict], expected) -> bool:
+    """Exactly equal: ids, ranks, scores and spans (floats compared as they are, not to a tolerance)."""
+    return [(r["video_id"], r["rank"], r["score"], r["start"], r["end"]) for r in answer] == \
+        [(h.video_id, h.rank, h.score, h.start, h.end) for h in expected]
+
+
+def test_concurrent_clients_get_the_sequential_answers(server, searcher):
+    """48 requests from 16 clients at once: all answered, each exactly as a lone search answers it."""
+    from urllib.parse import quote
+
+    expected = {query: searcher.search(query, k=5) for query in set(QUERIES)}
+    answers: list[tuple[str, int, dict]] = []
+
+    def client(offset: int) -> None:
+        for i in range(3):
+            query = QUERIES[(offset + i) % len(QUERIES)]
+            status, _, body = _get(server, f"/api/search?q={quote(query)}&k=5")
+            answers.append((query, status, json.loads(body)))
+
+    threads = [threading.Thread(target=client, args=(offset,)) for offset in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(answers) == 48 and all(status == 200 for _, status, _ in answers)
+    for query, _, body in answers:
+        assert _same_hits(body["results"], expected[query]), query
+
+
+class _HeldEncoder:
+    """The real searcher, whose first encoding waits until released: the queries that arrive
+    meanwhile must be encoded together. Records the size of each encoding call."""
+
+    def __init__(self, searcher):
+        self.searcher, self.release, self.calls = searcher, threading.Event(), []
+
+    def __getattr__(self, name):
+        return getattr(self.searcher, name)
+
+    def encode_queries(self, texts):
+        if not self.calls:
+            self.release.wait(timeout=60)
+        self.calls.append(len(texts))
+        return self.searcher.encode_queries(texts)
+
+
+def test_waiting_queries_are_encoded_together_and_exactly(searcher):
+    from search.api import QueryBatcher
+
+    held = _HeldEncoder(searcher)
+    batcher = QueryBatcher(held)
+    results: dict[int, object] = {}
+    texts = ["the first query"] + QUERIES + ["", "x" * (MAX_QUERY_CHARS + 1)]
+
+    def ask(i: int) -> None:
+        try:
+            results[i] = batcher.encode(texts[i])
+        except SearchError as error:
+            results[i] = error
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(texts))]
+    threads[0].start()
+    while not batcher.waiting.empty():  # the encoder thread took the first query and waits
+        time.sleep(0.01)
+    for thread in threads[1:]:
+        thread.start()
+    while batcher.waiting.qsize() < len(texts) - 1:
+        time.sleep(0.01)
+    held.release.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert held.calls[0] == 1 and len(held.calls) < len(QUERIES) + 1 and max(held.calls) > 1
+    assert isinstance(results[len(texts) - 2], SearchError) and isinstance(results[len(texts) - 1], SearchError)
+    for i, text in enumerate(texts[:-2]):
+        assert torch_equal(results[i], searcher.encode_query(text)), text
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return a.shape == b.shape and bool(torch.equal(a, b))
+
+
 # ---- the page in a real browser ---------------------------------------------------------------------
 
 
@@ -306,3 +456,44 @@ def test_page_in_a_real_browser(server, searcher, tmp_path):
     assert abs(player["duration"] - chosen.duration) < 0.5  # the video really loaded
     assert abs(player["currentTime"] - chosen.start) <= 1 / 25  # within a frame (the demo: 25 fps or less)
     assert (tmp_path / "search-page.png").stat().st_size > 10_000
+
+
+def test_page_reads_and_writes_the_search_in_the_url(server, searcher):
+    """/?q=...&k=... opens with that search done; a search puts itself in the URL; back redoes the
+    previous one, forward the next."""
+    from urllib.parse import parse_qs, urlparse
+
+    from playwright.sync_api import sync_playwright
+
+    executable = _chromium()
+    first, second = ("colour bars", 3), ("a man talks on the phone in a car", 4)
+    expected = {query: [hit.video_id for hit in searcher.search(query, k=k)] for query, k in (first, second)}
+
+    def shown(page) -> list[str]:
+        return [item.get_attribute("data-video-id") for item in page.query_selector_all("#results li.result")]
+
+    def wait_for(page, query: str, k: int) -> None:
+        page.wait_for_function("([q, k]) => document.getElementById('query').value === q && "
+                               "document.querySelectorAll('#results li.result').length === k", arg=[query, k])
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"http://{server}/?q={first[0].replace(' ', '+')}&k={first[1]}")  # a linked search
+            wait_for(page, *first)
+            assert shown(page) == expected[first[0]] and page.input_value("#k") == "3"
+            page.fill("#query", second[0])
+            page.fill("#k", str(second[1]))
+            page.click("button[type=submit]")
+            wait_for(page, *second)
+            assert shown(page) == expected[second[0]]
+            assert parse_qs(urlparse(page.url).query) == {"q": [second[0]], "k": ["4"]}
+            page.go_back()
+            wait_for(page, *first)
+            assert shown(page) == expected[first[0]] and parse_qs(urlparse(page.url).query)["q"] == [first[0]]
+            page.go_forward()
+            wait_for(page, *second)
+            assert shown(page) == expected[second[0]]
+        finally:
+            browser.close()

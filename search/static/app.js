@@ -1,8 +1,10 @@
 // The search page: asks /api/search, lists the moments, plays the chosen one from its start.
+// The search is in the URL (/?q=...&k=...): a search can be linked, and back/forward redo theirs.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const FRAMES_SHOWN = 4; // frame-folder sources: frames across the moment instead of a player
+let defaultK = 10; // the server's, once /api/info has answered
 
 function seconds(value) {
   return `${value.toFixed(1)} s`;
@@ -26,7 +28,8 @@ async function loadInfo() {
   $("about").textContent =
     `${info.videos} videos indexed. The model reads ${subtitles}; visual features: ${inputs.visual}; ` +
     `queries: ${inputs.text} (${inputs.query_input}). Moments: ${info.span_rule} rule.`;
-  $("k").value = info.default_k;
+  defaultK = info.default_k;
+  $("k").value = defaultK;
   $("k").max = info.max_k;
 }
 
@@ -104,17 +107,19 @@ function show(hit, item) {
   }
 }
 
-async function search(event) {
-  event.preventDefault();
-  const query = $("query").value;
+let latest = 0; // only the newest search may fill the list (an older answer can arrive later)
+
+async function runSearch(query, k) {
+  const ticket = ++latest;
   const status = $("status");
+  const results = $("results");
   status.className = "";
   status.textContent = "Searching…";
   const started = performance.now();
-  const params = new URLSearchParams({ q: query, k: $("k").value });
+  const params = new URLSearchParams({ q: query, k });
   const response = await fetch(`/api/search?${params}`);
   const body = await response.json();
-  const results = $("results");
+  if (ticket !== latest) return;
   results.replaceChildren();
   if (!response.ok) {
     status.className = "error";
@@ -128,5 +133,31 @@ async function search(event) {
   body.results.forEach((hit) => results.appendChild(resultItem(hit)));
 }
 
-$("search-form").addEventListener("submit", search);
-loadInfo();
+function submitted(event) {
+  event.preventDefault();
+  const query = $("query").value;
+  const k = $("k").value;
+  const url = `/?${new URLSearchParams({ q: query, k })}`;
+  if (url !== `${location.pathname}${location.search}`) history.pushState({ q: query, k }, "", url);
+  runSearch(query, k);
+}
+
+// The search the URL names, if any (on load, and on back/forward); no q: the empty page.
+function searchFromUrl() {
+  const params = new URLSearchParams(location.search);
+  const query = params.get("q");
+  $("k").value = params.get("k") ?? defaultK;
+  if (query === null || query.trim() === "") {
+    latest += 1; // a search still under way must not fill the page any more
+    $("query").value = "";
+    $("results").replaceChildren();
+    $("status").textContent = "";
+    return;
+  }
+  $("query").value = query;
+  runSearch(query, $("k").value);
+}
+
+$("search-form").addEventListener("submit", submitted);
+window.addEventListener("popstate", searchFromUrl);
+loadInfo().then(searchFromUrl);
