@@ -108,6 +108,9 @@ class TrainConfig:
     div_target: float = ranged(0.15, minimum=0)
     query_input: str = "pooled"  # which group of the query HDF5 is read
     use_subtitles: bool = False
+    # Intra-op threads of training (and its validation). The count splits float reductions differently,
+    # so it changes the trained weights: a run is reproducible for a given value, whatever the machine.
+    threads: int = ranged(1, minimum=1)
     # The three below change speed and memory only, never results.
     num_workers: int = ranged(0, minimum=0)
     device: str = "auto"

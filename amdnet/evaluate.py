@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from amdnet.atomic import write_json_atomic, write_jsonl_atomic
 from amdnet.config import (
@@ -22,6 +22,9 @@ from amdnet.model import AMDNet
 from amdnet.moments import DEFAULT_SPAN_RULE, SPAN_RULES, clip_spans, moment_spans
 
 TOP_K_PREDICTIONS = 10
+# (pairs, N, d) clip features gathered at a time for spans: about 25 MB at d = 384, small enough to be
+# reused by the allocator (a fresh block of hundreds of MB per chunk costs more in page faults than the spans).
+SPAN_PAIRS_PER_CHUNK = 512
 
 
 @dataclass
@@ -37,10 +40,15 @@ class EncodedSplit:
     clip_spans: torch.Tensor  # (Nv, N, 2) fractions of each video covered by each clip
 
     def spans(self, rule: str, query_index: torch.Tensor, video_index: torch.Tensor) -> torch.Tensor:
-        """(P,) query and (P,) video indices -> (P, 2) [start, end] fractions of the video under `rule`."""
-        return moment_spans(rule, self.queries[query_index], self.clip_features[video_index],
-                            self.proposals[video_index], self.centers[video_index], self.widths[video_index],
-                            clip_spans=self.clip_spans[video_index])
+        """(P,) query and (P,) video indices -> (P, 2) [start, end] fractions of the video under `rule`.
+
+        Pairs are taken SPAN_PAIRS_PER_CHUNK at a time: each chunk gathers (pairs, N, d) clip features.
+        """
+        chunks = [moment_spans(rule, self.queries[queries], self.clip_features[videos], self.proposals[videos],
+                               self.centers[videos], self.widths[videos], clip_spans=self.clip_spans[videos])
+                  for queries, videos in zip(query_index.split(SPAN_PAIRS_PER_CHUNK),
+                                             video_index.split(SPAN_PAIRS_PER_CHUNK))]
+        return torch.cat(chunks) if chunks else torch.empty(0, 2, device=self.queries.device)
 
     def check_finite(self, source: Path, dataset: VideoCaptionDataset):
         """Raises naming a video or caption whose outputs hold NaN or inf (a broken model), so that
@@ -106,15 +114,33 @@ def rank_split(encoded: EncodedSplit, chunk_size: int, top_k: int = 0):
     return torch.cat(ranks), torch.cat(top_videos), torch.cat(top_scores)
 
 
-def split_metrics(model: AMDNet, dataset: VideoCaptionDataset, device: torch.device,
+class PreloadedSplit(Dataset):
+    """Every item of a split, read once and kept in memory, for a split that is encoded again and again
+    (the trainer's validation, every epoch): each pass then costs the model's compute, not the feature
+    reads. Holds the split's binned clips and query features (TVR's validation: about 170 MB)."""
+
+    def __init__(self, dataset: VideoCaptionDataset):
+        self.items = [dataset[index] for index in range(len(dataset))]
+        self.split, self.map_size = dataset.split, dataset.map_size
+        self.video_ids, self.num_frames, self.durations = dataset.video_ids, dataset.num_frames, dataset.durations
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.items[index]
+
+
+def split_metrics(model: AMDNet, dataset: VideoCaptionDataset | PreloadedSplit, device: torch.device,
                   chunk_size: int, num_workers: int = 0) -> dict[str, float]:
-    """Retrieval metrics of a split; the trainer's validation and `evaluate` share this path."""
+    """Retrieval metrics of a split: its ranks only, no top-k lists, spans or predictions (what model
+    selection needs). The trainer's validation and `evaluate` share the encoding and ranking path."""
     ranks, _, _ = rank_split(encode_split(model, dataset, device, chunk_size, num_workers), chunk_size)
     return retrieval_metrics(ranks.cpu().numpy())
 
 
-def moment_quality(encoded: EncodedSplit, dataset: VideoCaptionDataset, ranks: torch.Tensor, queries_path: Path,
-                   chunk_size: int) -> dict:
+def moment_quality(encoded: EncodedSplit, dataset: VideoCaptionDataset, ranks: torch.Tensor,
+                   queries_path: Path) -> dict:
     """VCMR metrics of every span rule, over the queries with a ground-truth [start, end].
 
     A query's top-k holds one span per video, so it has a correct moment in its top k exactly when its
@@ -131,31 +157,27 @@ def moment_quality(encoded: EncodedSplit, dataset: VideoCaptionDataset, ranks: t
                           device=ranks.device)  # (Nt, 2) seconds
     by_rule = {}
     for rule in SPAN_RULES:
-        spans = torch.cat([encoded.spans(rule, query_index[start:start + chunk_size],
-                                         video_index[start:start + chunk_size])
-                           for start in range(0, len(with_truth), chunk_size)]).double()  # (Nt, 2)
+        spans = encoded.spans(rule, query_index, video_index).double()  # (Nt, 2)
         ious = temporal_iou(spans * durations.unsqueeze(1), truths)  # (Nt,), in seconds as predictions show
         by_rule[rule] = moment_metrics(ranks[query_index].cpu().numpy(), ious.cpu().numpy())
     return {"n_queries": len(with_truth), "rules": by_rule}
 
 
 def prediction_records(encoded: EncodedSplit, dataset: VideoCaptionDataset, ranks: list[int],
-                       top_videos: torch.Tensor, top_scores: torch.Tensor, chunk_size: int, span_rule: str):
+                       top_videos: torch.Tensor, top_scores: torch.Tensor, span_rule: str):
     """Yields one predictions.jsonl record per query; spans in seconds of the video."""
-    top_k = top_videos.shape[1]
-    relevant = encoded.relevant_video.cpu().tolist()
-    for start in range(0, len(encoded.cap_ids), chunk_size):
-        videos = top_videos[start:start + chunk_size]  # (q, k)
-        query_index = torch.arange(start, start + videos.shape[0], device=videos.device).repeat_interleave(top_k)
-        spans = encoded.spans(span_rule, query_index, videos.flatten()).view(-1, top_k, 2).cpu().tolist()
-        scores = top_scores[start:start + chunk_size].cpu().tolist()
-        for offset, (video_row, score_row, span_row) in enumerate(zip(videos.cpu().tolist(), scores, spans)):
-            query = start + offset
-            top = [{"video_id": dataset.video_ids[video], "score": score,
-                    "span": [span[0] * dataset.durations[video], span[1] * dataset.durations[video]]}
-                   for video, score, span in zip(video_row, score_row, span_row)]
-            yield {"cap_id": encoded.cap_ids[query], "video_id": dataset.video_ids[relevant[query]],
-                   "rank": ranks[query], "top10": top}
+    num_queries, top_k = top_videos.shape
+    query_index = torch.arange(num_queries, device=top_videos.device).repeat_interleave(top_k)  # (Nq*k,)
+    fractions = encoded.spans(span_rule, query_index, top_videos.flatten()).double()  # (Nq*k, 2)
+    durations = torch.tensor(dataset.durations, dtype=torch.float64, device=fractions.device)  # (Nv,)
+    seconds = (fractions * durations[top_videos.flatten()].unsqueeze(1)).view(num_queries, top_k, 2).tolist()
+    relevant = encoded.relevant_video.tolist()
+    video_ids = dataset.video_ids
+    for query, (video_row, score_row, span_row) in enumerate(zip(top_videos.tolist(), top_scores.tolist(), seconds)):
+        top = [{"video_id": video_ids[video], "score": score, "span": span}
+               for video, score, span in zip(video_row, score_row, span_row)]
+        yield {"cap_id": encoded.cap_ids[query], "video_id": video_ids[relevant[query]], "rank": ranks[query],
+               "top10": top}
 
 
 def load_model(checkpoint: dict, device: torch.device) -> tuple[AMDNet, TrainConfig]:
@@ -189,10 +211,9 @@ def evaluate(checkpoint: Path, files: FeatureFiles, queries_path: Path, split: s
     ranks, top_videos, top_scores = rank_split(encoded, chunk_size, TOP_K_PREDICTIONS)
     metrics = retrieval_metrics(ranks.cpu().numpy())
     metrics.update(n_queries=len(encoded.cap_ids), n_videos=len(dataset), split=split, span_rule=span_rule,
-                   moments=moment_quality(encoded, dataset, ranks, queries_path, chunk_size))
+                   moments=moment_quality(encoded, dataset, ranks, queries_path))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(out_dir / "predictions.jsonl",
-                       prediction_records(encoded, dataset, ranks.cpu().tolist(), top_videos, top_scores, chunk_size,
-                                          span_rule))
+                       prediction_records(encoded, dataset, ranks.cpu().tolist(), top_videos, top_scores, span_rule))
     write_json_atomic(out_dir / "metrics.json", metrics)
     return metrics

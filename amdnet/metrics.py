@@ -2,8 +2,8 @@
 
 Order rule, the one place it is defined: videos are ordered by score, highest first, and equal
 scores by video index, lowest first (NaN counts as -inf, -0.0 as 0.0). `ranks_from_scores` and
-`top_k_videos` both use `ordering_keys`, so a query's rank is its relevant video's position in
-its top-k list whenever that video is in the list.
+`top_k_videos` both follow it (`ordering_keys` spells it out as one integer key per score), so a
+query's rank is its relevant video's position in its top-k list whenever that video is in the list.
 """
 from __future__ import annotations
 
@@ -14,14 +14,18 @@ RECALL_LEVELS = (1, 5, 10, 100)
 IOU_THRESHOLDS = (0.5, 0.7)
 
 
+def comparable_scores(scores: torch.Tensor) -> torch.Tensor:
+    """float32 scores with NaN as -inf; comparisons already take -0.0 as equal to 0.0."""
+    return scores.float().nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+
+
 def ordering_keys(scores: torch.Tensor) -> torch.Tensor:
     """(Nq, Nv) scores -> (Nq, Nv) int64 keys, distinct within a row, larger = earlier in the order.
 
     The high 32 bits are the float32 score's bits made monotonic as a signed integer (negative
     floats have their magnitude bits flipped); the low 32 bits rank equal scores by video index.
     """
-    scores = scores.float()
-    scores = torch.where(scores.isnan(), float("-inf"), scores) + 0.0  # + 0.0 turns -0.0 into 0.0
+    scores = comparable_scores(scores) + 0.0  # + 0.0 turns -0.0 into 0.0, so both have the same bits
     bits = scores.view(torch.int32)
     monotonic = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(torch.int64)  # (Nq, Nv)
     index = torch.arange(scores.shape[1], device=scores.device, dtype=torch.int64)  # (Nv,)
@@ -29,16 +33,37 @@ def ordering_keys(scores: torch.Tensor) -> torch.Tensor:
 
 
 def ranks_from_scores(scores: torch.Tensor, relevant_video: torch.Tensor) -> torch.Tensor:
-    """(Nq, Nv) scores and (Nq,) relevant video indices -> (Nq,) int64 ranks (1 = best)."""
-    keys = ordering_keys(scores)  # (Nq, Nv)
-    relevant_keys = keys.gather(1, relevant_video.view(-1, 1))  # (Nq, 1)
-    return (keys >= relevant_keys).sum(dim=1)  # (Nq,), counts the relevant video itself
+    """(Nq, Nv) scores and (Nq,) relevant video indices -> (Nq,) int64 ranks (1 = best).
+
+    A video comes before the relevant one when it scores higher, or scores the same with a lower
+    index: one comparison of each score against the relevant video's own score.
+    """
+    scores = comparable_scores(scores)  # (Nq, Nv)
+    relevant = relevant_video.view(-1, 1)  # (Nq, 1)
+    own = scores.gather(1, relevant)  # (Nq, 1)
+    index = torch.arange(scores.shape[1], device=scores.device)  # (Nv,)
+    ahead = torch.where(index < relevant, scores >= own, scores > own)  # (Nq, Nv)
+    return ahead.sum(dim=1) + 1  # (Nq,)
 
 
 def top_k_videos(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Nq, Nv) scores -> the first k videos (Nq, k) in the order rule, and their scores (Nq, k)."""
-    indices = ordering_keys(scores).topk(k, dim=1).indices  # (Nq, k), sorted by key
-    return indices, scores.gather(1, indices)
+    """(Nq, Nv) scores -> the first k videos (Nq, k) in the order rule, and their scores (Nq, k).
+
+    torch.topk picks the k highest scores but orders ties arbitrarily. That choice is already the
+    rule's unless a row has more videos tied at its k-th score than the list holds: those rows (rare
+    with real-valued scores) are chosen again by their ordering keys. Each list is then sorted by
+    score, ties by index.
+    """
+    comparable = comparable_scores(scores)  # (Nq, Nv)
+    values, videos = comparable.topk(k, dim=1)  # (Nq, k) each
+    kth = values[:, -1:]  # (Nq, 1)
+    crowded = ((comparable == kth).sum(dim=1) > (values == kth).sum(dim=1)).nonzero().flatten()  # (rows,)
+    if crowded.numel():
+        videos[crowded] = ordering_keys(comparable[crowded]).topk(k, dim=1).indices
+    videos = videos.sort(dim=1).values  # index order, so that the stable sort below keeps ties by index
+    by_score = comparable.gather(1, videos).sort(dim=1, descending=True, stable=True).indices  # (Nq, k)
+    videos = videos.gather(1, by_score)  # (Nq, k)
+    return videos, scores.gather(1, videos)
 
 
 def temporal_iou(spans: torch.Tensor, truths: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ from amdnet.data import (
     clip_statistics,
     collate_videos_with_captions,
 )
-from amdnet.evaluate import split_metrics
+from amdnet.evaluate import PreloadedSplit, split_metrics
 from amdnet.losses import LossTerms, amdnet_loss
 from amdnet.metrics import format_metrics
 from amdnet.model import AMDNet
@@ -39,10 +39,6 @@ log = logging.getLogger(__name__)
 
 LOSS_TERMS = ("loss", "nce", "div", "rel")
 VAL_METRICS = ("R@1", "R@5", "R@10", "R@100", "SumR", "median_rank", "mean_rank")
-# Intra-op threads split float reductions differently, so the thread count changes the trained weights
-# (the reduced demo of tests/test_pipeline.py, seed 3407: best epoch 22 with 1 thread, 12 with 2, R@1
-# 14.8 vs 16.4). Training always uses this many, so a run does not depend on the machine's core count.
-TRAINING_THREADS = 1
 
 
 @dataclass
@@ -177,7 +173,10 @@ def train(model_config: ModelConfig, train_config: TrainConfig, files: FeatureFi
 
     Returns {"best_epoch", "best_val_metrics", "epochs_run", "stopped_early"}.
     """
-    with intra_op_threads(TRAINING_THREADS):
+    # Intra-op threads split float reductions differently, so the thread count changes the trained weights
+    # (the reduced demo of tests/test_pipeline.py, seed 3407: best epoch 22 with 1 thread, 12 with 2, R@1
+    # 14.8 vs 16.4). It is a setting (train.threads), so a run does not depend on the machine's core count.
+    with intra_op_threads(train_config.threads):
         return _train(model_config, train_config, files, queries_path, Path(out_dir), progress, epoch_limit)
 
 
@@ -189,7 +188,7 @@ def _train(model_config: ModelConfig, train_config: TrainConfig, files: FeatureF
     dataset_options = dict(query_input=train_config.query_input, use_subtitles=train_config.use_subtitles,
                            map_size=model_config.map_size)
     train_set = VideoCaptionDataset(files, queries_path, "train", **dataset_options)
-    val_set = VideoCaptionDataset(files, queries_path, "val", **dataset_options)
+    val_set = PreloadedSplit(VideoCaptionDataset(files, queries_path, "val", **dataset_options))  # read once
     input_dims = (train_set.video_dim, train_set.query_dim)
     model = AMDNet(model_config, *input_dims)
     if model_config.standardize_video:
@@ -205,7 +204,7 @@ def _train(model_config: ModelConfig, train_config: TrainConfig, files: FeatureF
         epoch = state.epoch + 1
         started = time.perf_counter()
         losses = train_one_epoch(model, optimizer, train_set, train_config, epoch, total_steps, device, progress)
-        metrics = split_metrics(model, val_set, device, train_config.eval_chunk_size, train_config.num_workers)
+        metrics = split_metrics(model, val_set, device, train_config.eval_chunk_size)
         state.history.append({"epoch": epoch, **losses, **{f"val_{k}": metrics[k] for k in VAL_METRICS},
                               "seconds": time.perf_counter() - started})
         state.epoch = epoch

@@ -48,6 +48,24 @@ def test_top_k_and_ranks_follow_the_same_order_with_many_ties(seed):
         assert [int(ranks[video]) for video in order] == list(range(1, 31))
 
 
+@pytest.mark.parametrize("levels", [2, 7, 100, 0])
+def test_ranks_and_top_k_equal_a_plain_sort_of_random_scores(levels):
+    """Random scores rounded to a few levels (0: not rounded), so that ties fall on the relevant video
+    and across the k-th place of the top-k lists; compared with the documented order written plainly."""
+    generator = torch.Generator().manual_seed(levels)
+    scores = torch.rand((300, 57), generator=generator) * 2 - 1  # (300, 57)
+    if levels:
+        scores = (scores * levels).round() / levels
+    relevant = torch.randint(57, (300,), generator=generator)
+    videos, top_scores = top_k_videos(scores, 10)
+    ranks = ranks_from_scores(scores, relevant)
+    for query, row in enumerate(scores.tolist()):
+        order = reference_order(row)
+        assert videos[query].tolist() == order[:10]
+        assert top_scores[query].tolist() == [row[video] for video in order[:10]]
+        assert int(ranks[query]) == order.index(int(relevant[query])) + 1
+
+
 def test_top_k_of_large_scores_keeps_index_order_among_equal_values():
     scores = torch.full((2, 100_000), 0.5)
     scores[0, 70_000] = 0.9

@@ -11,7 +11,7 @@ from amdnet.data import VideoCaptionDataset, collate_videos_with_captions
 from amdnet.evaluate import load_model
 from amdnet.optim import BertAdam, parameter_groups
 from amdnet.synthetic import SyntheticCorpusSpec, write_synthetic_corpus
-from amdnet.train import TRAINING_THREADS, TrainingState, training_step
+from amdnet.train import TrainingState, training_step
 
 N_VAL_VIDEOS = 40
 SMALL_MODEL = ModelConfig(hidden_size=32, input_dropout=0.0, dropout=0.1)
@@ -156,20 +156,21 @@ def test_training_step_runs_the_query_projection_twice_with_independent_dropout(
     assert not torch.equal(outputs[0], outputs[1])  # two dropout masks
 
 
-def test_training_runs_on_a_fixed_thread_count_whatever_the_callers(corpus, tmp_path):
-    """The intra-op thread count changes float results, so it must not come from the machine."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_training_runs_on_its_configured_thread_count_whatever_the_callers(corpus, tmp_path, threads):
+    """The intra-op thread count changes float results, so it comes from train.threads, not the machine."""
     files, queries_path = corpus
-    torch.set_num_threads(2)  # the caller's; the single_thread fixture restores its own afterwards
+    torch.set_num_threads(3 - threads)  # the caller's; the single_thread fixture restores its own afterwards
     seen = set()
     hook = torch.nn.modules.module.register_module_forward_hook(
         lambda module, inputs, output: seen.add(torch.get_num_threads()))
     try:
-        train(SMALL_MODEL, small_train_config(max_epochs=1, batch_size=160), files, queries_path, tmp_path,
-              progress=False)
+        train(SMALL_MODEL, small_train_config(max_epochs=1, batch_size=160, threads=threads), files, queries_path,
+              tmp_path, progress=False)
     finally:
         hook.remove()
-    assert seen == {TRAINING_THREADS} == {1}  # training and validation alike
-    assert torch.get_num_threads() == 2  # given back
+    assert seen == {threads}  # training and validation alike
+    assert torch.get_num_threads() == 3 - threads  # given back
 
 
 def test_cli_train_then_evaluate(corpus, tmp_path, capsys):
