@@ -31,7 +31,7 @@ import luigi
 
 from pipeline.config import ConfigError
 from pipeline.sharding import PerVideoStage
-from pipeline.stage import Stage, stage_lock
+from pipeline.stage import MANIFEST, Stage, stage_lock, verify_published
 
 FORCED_SUFFIX = ".forced-"
 _MAX_VALUE_CHARS = 60
@@ -44,6 +44,7 @@ class StageStatus:
     earlier: Path | None = None  # the nearest earlier run's folder
     changes: dict[str, tuple[Any, Any]] | None = None  # key -> (earlier value, value now); None: no earlier run
     unfinished: bool = False  # this stage's own folder exists without a manifest: a run in progress or killed
+    damaged: list[str] | None = None  # its manifest is there, but recorded files are not as written
 
 
 def graph_stages(task: luigi.Task) -> list[Stage]:
@@ -66,8 +67,11 @@ def explain(task: luigi.Task) -> list[StageStatus]:
 
 
 def stage_status(stage: Stage) -> StageStatus:
-    if stage.complete():
+    problems = verify_published(stage.out_dir)
+    if not problems:
         return StageStatus(stage, complete=True)
+    if (stage.out_dir / MANIFEST).is_file():  # finished once, damaged since: rebuilt in place
+        return StageStatus(stage, complete=False, damaged=problems)
     now = _as_json(stage._fingerprint_payload())
     runs = []
     for folder, inputs, finished in earlier_runs(stage):
@@ -156,6 +160,10 @@ def format_report(statuses: list[StageStatus]) -> str:
         state = "complete" if status.complete else "will run"
         lines.append(f"{stage.stage:<{width}}  {state:<8}  {_shown(stage.out_dir)}")
         if status.complete:
+            continue
+        if status.damaged:
+            lines.append(f"{'':<{width}}    its outputs are damaged; the next run rebuilds it:")
+            lines += [f"{'':<{width}}      {problem}" for problem in status.damaged]
             continue
         if status.unfinished:
             lines.append(f"{'':<{width}}    its folder has no manifest yet: a run is writing it, or was stopped "

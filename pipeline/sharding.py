@@ -118,9 +118,8 @@ class PerVideoStage(Stage):
         write_entries_list(out_dir, [self.cache.path(video) for video in videos if video["video_id"] not in failures],
                            self.cache_root)
         decoded = sorted({vid for report in [*reports, redone] for vid in report["decoded"]})
-        return {**result, "shards": len(reports), "decoded": decoded,
+        return {**result, "shards": len(reports), "decoded": decoded, "remade": sorted(redone["decoded"]),
                 "from_cache": result["inputs"]["videos"] - len(decoded) - len(failures)}
-
 
     def _remake_lost_entries(self, videos: list[dict]) -> dict:
         """Entries the shards made that are damaged or gone by now (a full disk, a clean-up, a hand):

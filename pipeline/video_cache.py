@@ -42,7 +42,9 @@ import logging
 import os
 import socket
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
+from stat import S_ISDIR
 from typing import Iterator
 
 import h5py
@@ -112,10 +114,21 @@ class ContentHashes:
 
 
 def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:  # not under the data root (a bundle-relative or absolute path): keep it whole
-        return str(path.resolve())
+    """``path`` relative to ``root``, both with links resolved; the whole resolved path when outside.
+    String operations and one realpath per folder: this runs once per video on every command."""
+    text = os.fspath(path)
+    if os.path.islink(text):
+        real = os.path.realpath(text)
+    else:
+        real = os.path.join(_resolved_folder(os.path.dirname(text) or "."), os.path.basename(text))
+    prefix = _resolved_folder(os.fspath(root)).rstrip(os.sep) + os.sep
+    return real[len(prefix):] if real.startswith(prefix) else real
+
+
+@lru_cache(maxsize=1024)
+def _resolved_folder(folder: str) -> str:
+    """A folder with its links resolved, once per process: a collection has few folders, many videos."""
+    return os.path.realpath(folder)
 
 
 def video_identity(path: Path, root: Path, mode: str, hashes: ContentHashes | None = None) -> str:
@@ -140,7 +153,7 @@ def video_identity(path: Path, root: Path, mode: str, hashes: ContentHashes | No
 def _files_with_stats(path: Path) -> list[tuple[str, Path, os.stat_result]]:
     """(name in the identity, file, its stat): a file as "", a frame folder's files by name, sorted."""
     stat = path.stat()
-    if not path.is_dir():
+    if not S_ISDIR(stat.st_mode):
         return [("", path, stat)]
     with os.scandir(path) as entries:
         found = sorted((entry.name, Path(entry.path), entry.stat()) for entry in entries if entry.is_file())
