@@ -8,7 +8,9 @@ that will run, what changed since the nearest earlier run of it. ``--force`` mak
 A stage's earlier runs are the other folders beside its own, ``<workdir>/<dataset>/<stage>/*/``, each with
 the ``fingerprint_inputs`` its manifest recorded: the config values the stage reads, its code version and
 its upstream fingerprints. The nearest earlier run is the one with the fewest differing values (then the
-most recent); the stage will run because of exactly those values.
+most recent); the stage will run because of exactly those values. A stage that finished but whose recorded
+files are damaged since (``pipeline.stage.verify_published``: deleted, truncated, overwritten, or an upstream
+file it reads in place gone) is shown with each damaged file: the next run rebuilds it in place.
 
 Forcing a stage moves its folder aside, to ``<fingerprint>.forced-<UTC time>``, and so for every stage
 that depends on it; the next run rebuilds them, and the moved folders stay as earlier runs (delete them

@@ -109,6 +109,7 @@ class ContentHashes:
 
     def save(self) -> None:
         if self._changed and self.store is not None:
+            self.store.parent.mkdir(parents=True, exist_ok=True)  # before any stage folder, on a first run
             write_json_atomic(self.store, self._known)
             self._changed = False
 
