@@ -710,7 +710,9 @@ def folder_videos(root: Path) -> list[Path]:
             found.append(folder)  # a folder of frames
             continue
         found += [folder / name for name in sorted(files) if Path(name).suffix.lower() in FOLDER_VIDEO_EXTENSIONS]
-    inside = [path for path in found if path.resolve().is_relative_to(resolved_root)]
+    # os.walk does not enter linked folders, so only a link itself can lead outside: only links are
+    # resolved (one realpath per video would be most of a no-op rerun's time at 20k videos).
+    inside = [path for path in found if not path.is_symlink() or path.resolve().is_relative_to(resolved_root)]
     for path in sorted(set(found) - set(inside)):
         log.warning("%s resolves outside data.root %s: left out", path, root)
     return inside

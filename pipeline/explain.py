@@ -8,7 +8,9 @@ that will run, what changed since the nearest earlier run of it. ``--force`` mak
 A stage's earlier runs are the other folders beside its own, ``<workdir>/<dataset>/<stage>/*/``, each with
 the ``fingerprint_inputs`` its manifest recorded: the config values the stage reads, its code version and
 its upstream fingerprints. The nearest earlier run is the one with the fewest differing values (then the
-most recent); the stage will run because of exactly those values.
+most recent); the stage will run because of exactly those values. A stage that finished but whose recorded
+files are damaged since (``pipeline.stage.verify_published``: deleted, truncated, overwritten, or an upstream
+file it reads in place gone) is shown with each damaged file: the next run rebuilds it in place.
 
 Forcing a stage moves its folder aside, to ``<fingerprint>.forced-<UTC time>``, and so for every stage
 that depends on it; the next run rebuilds them, and the moved folders stay as earlier runs (delete them
@@ -31,7 +33,7 @@ import luigi
 
 from pipeline.config import ConfigError
 from pipeline.sharding import PerVideoStage
-from pipeline.stage import Stage, stage_lock
+from pipeline.stage import MANIFEST, Stage, stage_lock, verify_published
 
 FORCED_SUFFIX = ".forced-"
 _MAX_VALUE_CHARS = 60
@@ -44,6 +46,7 @@ class StageStatus:
     earlier: Path | None = None  # the nearest earlier run's folder
     changes: dict[str, tuple[Any, Any]] | None = None  # key -> (earlier value, value now); None: no earlier run
     unfinished: bool = False  # this stage's own folder exists without a manifest: a run in progress or killed
+    damaged: list[str] | None = None  # its manifest is there, but recorded files are not as written
 
 
 def graph_stages(task: luigi.Task) -> list[Stage]:
@@ -66,8 +69,11 @@ def explain(task: luigi.Task) -> list[StageStatus]:
 
 
 def stage_status(stage: Stage) -> StageStatus:
-    if stage.complete():
+    problems = verify_published(stage.out_dir)
+    if not problems:
         return StageStatus(stage, complete=True)
+    if (stage.out_dir / MANIFEST).is_file():  # finished once, damaged since: rebuilt in place
+        return StageStatus(stage, complete=False, damaged=problems)
     now = _as_json(stage._fingerprint_payload())
     runs = []
     for folder, inputs, finished in earlier_runs(stage):
@@ -156,6 +162,10 @@ def format_report(statuses: list[StageStatus]) -> str:
         state = "complete" if status.complete else "will run"
         lines.append(f"{stage.stage:<{width}}  {state:<8}  {_shown(stage.out_dir)}")
         if status.complete:
+            continue
+        if status.damaged:
+            lines.append(f"{'':<{width}}    its outputs are damaged; the next run rebuilds it:")
+            lines += [f"{'':<{width}}      {problem}" for problem in status.damaged]
             continue
         if status.unfinished:
             lines.append(f"{'':<{width}}    its folder has no manifest yet: a run is writing it, or was stopped "

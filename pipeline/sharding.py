@@ -79,11 +79,11 @@ class PerVideoStage(Stage):
 
     @property
     def cache_root(self) -> Path:
-        return self.out_dir.parent.parent / CACHE_FOLDER  # <workdir>/<name>/cache
+        return self.dataset_dir / CACHE_FOLDER
 
     @cached_property
     def cache(self) -> VideoCache:
-        return VideoCache.for_stage(self.out_dir.parent.parent, self.stage,
+        return VideoCache.for_stage(self.dataset_dir, self.stage,
                                     {"stage": self.stage, "version": self.version, **self.cache_settings()},
                                     self.cache_suffix)
 
@@ -112,12 +112,25 @@ class PerVideoStage(Stage):
         failures = {vid: reason for report in reports for vid, reason in report["failures"].items()}
         videos = self.videos()
         with stage_lock(self.cache_root, shared=True):  # no clean-up while entries are copied
+            redone = self._remake_lost_entries([video for video in videos if video["video_id"] not in failures])
+            failures.update(redone["failures"])
             result = self.assemble(out_dir, videos, failures)
         write_entries_list(out_dir, [self.cache.path(video) for video in videos if video["video_id"] not in failures],
                            self.cache_root)
-        decoded = sorted(vid for report in reports for vid in report["decoded"])
-        return {**result, "shards": len(reports), "decoded": decoded,
+        decoded = sorted({vid for report in [*reports, redone] for vid in report["decoded"]})
+        return {**result, "shards": len(reports), "decoded": decoded, "remade": sorted(redone["decoded"]),
                 "from_cache": result["inputs"]["videos"] - len(decoded) - len(failures)}
+
+    def _remake_lost_entries(self, videos: list[dict]) -> dict:
+        """Entries the shards made that are damaged or gone by now (a full disk, a clean-up, a hand):
+        made again here, so that the stage completes instead of failing on every rerun."""
+        self.cache.discard_damaged(videos)
+        lost = [video for video in videos if not self.cache.path(video).is_file()]
+        if not lost:
+            return {"decoded": [], "failures": {}}
+        log.warning("%s: %d cache entries the shards made are gone or damaged; making them again",
+                    self.stage, len(lost))
+        return self.process(lost)
 
 
 class VideoShard(DatasetTask):
@@ -150,6 +163,7 @@ class VideoShard(DatasetTask):
                 return
             clock = time.perf_counter()
             videos = assign_shards(owner.videos(), self.count)[self.index]
+            owner.cache.discard_damaged(videos)  # a damaged entry is made again, not taken as done
             report = owner.process(videos)
             report["entries"] = [entry.relative_to(owner.cache_root).as_posix() for entry in report["entries"]]
             write_json_atomic(self.folder / "report.json", {

@@ -36,11 +36,16 @@ import luigi
 
 from amdnet.atomic import write_json_atomic
 from pipeline.config import ConfigError, load_config, result_subset
+from pipeline.integrity import file_record, record_problem
 from pipeline.paths import UnsafePathError, confined, plain_name
 
 log = logging.getLogger("pipeline")
 
 LOCK_FILE = ".lock"  # in each stage folder; its content says who holds the lock, the lock is the OS's
+MANIFEST = "manifest.json"
+# Not outputs: the lock, the manifest itself, shard reports (execution records, pipeline.sharding)
+# and the temporary files of writers.
+_UNRECORDED_NAMES, _UNRECORDED_FOLDERS = (LOCK_FILE, MANIFEST), ("shards",)
 _LOCK_POLL_S = 0.5
 _LOCK_REPORT_EVERY_S = 60.0
 
@@ -132,6 +137,45 @@ def sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def published_files(stage_dir: Path) -> list[Path]:
+    """The files a stage published in its folder (relative paths, sorted), as recorded in its manifest."""
+    stage_dir = Path(stage_dir)
+    found = []
+    for folder, subfolders, files in os.walk(stage_dir):
+        if Path(folder) == stage_dir:
+            subfolders[:] = [name for name in subfolders if name not in _UNRECORDED_FOLDERS]
+        for name in files:
+            if name in _UNRECORDED_NAMES and Path(folder) == stage_dir or name.startswith(".") or \
+                    name.endswith(".partial"):
+                continue
+            found.append((Path(folder) / name).relative_to(stage_dir))
+    return sorted(found)
+
+
+def file_records(stage_dir: Path, in_place: list[Path]) -> dict:
+    """What a manifest records of a stage's files: ``published`` (relative to its folder) and
+    ``in_place`` (absolute paths in other stage folders), each file's size and checksum."""
+    return {"published": {path.as_posix(): file_record(stage_dir / path) for path in published_files(stage_dir)},
+            "in_place": {str(path): file_record(path) for path in in_place}}
+
+
+def verify_published(stage_dir: Path) -> list[str]:
+    """What is wrong with a stage folder, one line a problem (``[]``: complete and intact): no
+    manifest, an unreadable one, or a recorded file (published, or read in place from another stage
+    folder) missing or not as it was written. Cheap: a stat and two small reads a file."""
+    stage_dir = Path(stage_dir)
+    try:
+        records = json.loads((stage_dir / MANIFEST).read_text())["files"]
+        published, in_place = records["published"], records["in_place"]
+    except FileNotFoundError:
+        return [f"{stage_dir}: no {MANIFEST} (never finished)"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return [f"{stage_dir / MANIFEST}: unreadable, or written by an older version without file records"]
+    checks = [(stage_dir / name, record) for name, record in published.items()] + \
+             [(Path(name), record) for name, record in in_place.items()]
+    return [problem for path, record in checks if (problem := record_problem(path, record)) is not None]
+
+
 def hash_payload(payload: dict) -> str:
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
@@ -188,33 +232,54 @@ class Stage(DatasetTask):
                 "upstream": {name: task.fingerprint for name, task in self.upstream().items()}}
 
     @property
-    def out_dir(self) -> Path:
-        """``<workdir>/<name>/<stage>/<fingerprint>``; ``name`` must be one folder name inside workdir."""
+    def dataset_dir(self) -> Path:
+        """``<workdir>/<name>``, where every stage folder of the dataset (and its cache) lives; ``name``
+        must be one folder name inside workdir."""
         try:
-            return confined(self.config["workdir"],
-                            Path(plain_name(self.config["name"])) / plain_name(self.stage) / self.fingerprint)
+            return confined(self.config["workdir"], plain_name(self.config["name"]))
         except UnsafePathError as err:
             raise ConfigError(f"{self.dataset}: the output folder of stage {self.stage!r} (from 'name' "
                               f"{self.config['name']!r}): {err}") from None
 
+    @property
+    def out_dir(self) -> Path:
+        """``<workdir>/<name>/<stage>/<fingerprint>``."""
+        try:
+            return self.dataset_dir / plain_name(self.stage) / self.fingerprint
+        except UnsafePathError as err:  # a stage name made from a config value (a visual part's)
+            raise ConfigError(f"{self.dataset}: the output folder of stage {self.stage!r}: {err}") from None
+
     def output(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(str(self.out_dir / "manifest.json"))
+        return luigi.LocalTarget(str(self.out_dir / MANIFEST))
+
+    def complete(self) -> bool:
+        return not verify_published(self.out_dir)
 
     def upstream_dir(self, name: str) -> Path:
         return self.upstream()[name].out_dir
 
+    def in_place_inputs(self) -> list[Path]:
+        """Files of other stage folders that this stage's outputs point at instead of copying (read
+        in place later): recorded in the manifest, so that losing one makes this stage incomplete."""
+        return []
+
     def run(self) -> None:
         with stage_lock(self.out_dir), sigterm_raises():
-            if self.complete():  # another process built it while this one waited for the lock
+            problems = verify_published(self.out_dir)
+            if not problems:  # another process built it while this one waited for the lock
                 log.warning("%s: built meanwhile by another process; using its output", self.out_dir)
                 return
+            if (self.out_dir / MANIFEST).is_file():
+                log.warning("%s: rebuilding it, its outputs are damaged: %s", self.out_dir, "; ".join(problems))
+                (self.out_dir / MANIFEST).unlink()  # incomplete from now on, whatever happens next
             self._build_and_record()
 
     def _build_and_record(self) -> None:
         started = datetime.now(timezone.utc)
         clock = time.perf_counter()
         report = self.build(self.out_dir)
-        write_json_atomic(self.out_dir / "manifest.json", {
+        files = file_records(self.out_dir, self.in_place_inputs())
+        write_json_atomic(self.out_dir / MANIFEST, {
             "stage": self.stage,
             "fingerprint": self.fingerprint,
             "dataset": self.config["name"],
@@ -226,6 +291,7 @@ class Stage(DatasetTask):
             "seconds": round(time.perf_counter() - clock, 3),
             "libraries": library_versions(),
             **report,
+            "files": files,
         })
 
     def build(self, out_dir: Path) -> dict[str, Any]:

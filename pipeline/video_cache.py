@@ -5,16 +5,30 @@ every run of the dataset, ``<workdir>/<name>/cache/<stage>/<settings key>/<video
 
 - the *settings key* hashes the stage's code version and the config values that change its results
   (``VideoCache.for_stage``); devices, batch sizes and worker counts are not among them;
-- the *video key* hashes the video's identity and duration. The identity (``video_identity``) is the
-  file's path relative to the data root, size and modification time, or with
-  ``data.video_identity: content`` a hash of its bytes (a collection copied or touched elsewhere then
-  keeps its features). A frame folder's identity covers every frame file in it.
+- the *video key* hashes the video's identity and duration; the identity (``data.video_identity``)
+  is decided by one rule (``video_identity``), which the dataset stage's fingerprint uses too:
+
+  - ``file`` (the default): the file's path relative to the data root, its size and its modification
+    time. Cheap (one stat a file). It cannot notice a file replaced by another of the same size whose
+    modification time was set back to the old one (``touch -r``, ``cp -p``, ``rsync -t`` of an edited
+    copy): use ``content`` where that can happen;
+  - ``content``: a sha256 of the file's bytes (a collection copied or touched elsewhere keeps its
+    features). A hash is reused while the file's size, modification time, inode and status-change
+    time (ctime) are all unchanged, from ``<workdir>/<name>/content_hashes.json``: the kernel sets
+    ctime on every write, rename and link, and a user cannot set it back, so a replaced file is
+    always hashed again, while a no-op rerun reads no video.
+
+  A frame folder's identity covers every frame file in it, by the same rule.
 
 So editing a query reuses every video's features, replacing a video's file re-extracts that video,
 adding videos extracts only the new ones, and switching back to an earlier backbone finds the earlier
 features. An entry is written under a temporary name and renamed, so it is complete or absent, and it
-never changes once written: a stage folder assembled from entries (a copy, see ``tasks.VisualPart``)
-can list them in ``cache_entries.txt`` and ``clean`` removes only entries no stage folder lists.
+never changes once written; beside it, ``<entry>.sum`` records its size and checksum
+(``pipeline.integrity``), written first: an entry that no longer matches its record (truncated,
+emptied, overwritten) or has none is damaged, is named in a warning (file and video) and made again
+by the next run that needs it (``VideoCache.discard_damaged``). A stage folder assembled from entries
+(a copy, see ``tasks.VisualPart``) lists them in ``cache_entries.txt``, and ``clean`` removes only
+entries no stage folder lists.
 
     python -m pipeline.video_cache clean --dataset demo [--dry-run]
 """
@@ -28,18 +42,24 @@ import logging
 import os
 import socket
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
+from stat import S_ISDIR
 from typing import Iterator
 
 import h5py
 import numpy as np
 
-from amdnet.atomic import write_text_atomic
+from amdnet.atomic import write_json_atomic, write_text_atomic
+from pipeline.integrity import file_record, record_problem
 
 log = logging.getLogger("pipeline")
 
 CACHE_FOLDER = "cache"  # under <workdir>/<name>/, beside the stage folders
 ENTRIES_FILE = "cache_entries.txt"  # in a stage folder: the cache entries it was assembled from
+HASHES_FILE = "content_hashes.json"  # under <workdir>/<name>/: content hashes reused while stat is unchanged
+RECORD_SUFFIX = ".sum"  # <entry>.sum: the entry's size and checksum (pipeline.integrity)
+IDENTITY_MODES = ("file", "content")
 _HASH_CHUNK = 1 << 20
 
 
@@ -56,34 +76,95 @@ def content_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
+class ContentHashes:
+    """Content hashes of files, reused while a file's (size, mtime, inode, ctime) is unchanged, kept in
+    one JSON file (``HASHES_FILE``). Several processes may use it at once: each rewrites it atomically,
+    and a hash any of them lost is computed again, never taken from a file it does not match."""
+
+    def __init__(self, store: Path | None):
+        self.store = None if store is None else Path(store)
+        self._known: dict[str, list] = self._load()
+        self._changed = False
+        self.hashed_bytes = 0  # read this run (what ``content`` cost)
+
+    def _load(self) -> dict[str, list]:
+        if self.store is None or not self.store.is_file():
+            return {}
+        try:
+            known = json.loads(self.store.read_text())
+        except (OSError, ValueError):  # being replaced, or damaged: hash again
+            return {}
+        return known if isinstance(known, dict) else {}
+
+    def of(self, path: Path, stat: os.stat_result) -> str:
+        key = os.path.abspath(path)
+        signature = [stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns]
+        known = self._known.get(key)
+        if isinstance(known, list) and known[:4] == signature:
+            return known[4]
+        digest = content_hash(path)
+        self.hashed_bytes += stat.st_size
+        self._known[key], self._changed = [*signature, digest], True
+        return digest
+
+    def save(self) -> None:
+        if self._changed and self.store is not None:
+            self.store.parent.mkdir(parents=True, exist_ok=True)  # before any stage folder, on a first run
+            write_json_atomic(self.store, self._known)
+            self._changed = False
+
+
 def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:  # not under the data root (a bundle-relative or absolute path): keep it whole
-        return str(path.resolve())
+    """``path`` relative to ``root``, both with links resolved; the whole resolved path when outside.
+    String operations and one realpath per folder: this runs once per video on every command."""
+    text = os.fspath(path)
+    if os.path.islink(text):
+        real = os.path.realpath(text)
+    else:
+        real = os.path.join(_resolved_folder(os.path.dirname(text) or "."), os.path.basename(text))
+    prefix = _resolved_folder(os.fspath(root)).rstrip(os.sep) + os.sep
+    return real[len(prefix):] if real.startswith(prefix) else real
 
 
-def video_identity(path: Path, root: Path, mode: str) -> str:
-    """What a video's results are keyed by: ``mode`` "file" (path relative to ``root``, size,
-    modification time) or "content" (its bytes: the same file anywhere has the same identity)."""
+@lru_cache(maxsize=1024)
+def _resolved_folder(folder: str) -> str:
+    """A folder with its links resolved, once per process: a collection has few folders, many videos."""
+    return os.path.realpath(folder)
+
+
+def video_identity(path: Path, root: Path, mode: str, hashes: ContentHashes | None = None) -> str:
+    """What a video's results are keyed by, the one rule of every level (dataset stage, per-video
+    cache, index): ``mode`` "file" (path relative to ``root``, size, modification time of each file)
+    or "content" (the sha256 of each file's bytes, reused from ``hashes`` while its stat is
+    unchanged: the same bytes anywhere have the same identity). A frame folder: each frame file."""
+    if mode not in IDENTITY_MODES:
+        raise ValueError(f"video identity {mode!r}: expected one of {', '.join(IDENTITY_MODES)}")
     path = Path(path)
-    if not path.exists():  # kept in the manifest by data.on_problem; extraction will report it
+    try:
+        files = _files_with_stats(path)
+    except FileNotFoundError:  # kept in the manifest by data.on_problem; extraction will report it
         return _digest({"missing": _relative(path, root)})
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
     if mode == "content":
-        return _digest({"content": [[p.name if path.is_dir() else "", content_hash(p)] for p in files]})
-    stats = [[p.name, stat.st_size, stat.st_mtime_ns] for p, stat in zip(files, map(Path.stat, files))]
-    return _digest({"path": _relative(path, root), "files": stats})
+        hashes = hashes or ContentHashes(None)
+        return _digest({"content": [[name, hashes.of(file, stat)] for name, file, stat in files]})
+    return _digest({"path": _relative(path, root), "files": [[file.name, stat.st_size, stat.st_mtime_ns]
+                                                             for _, file, stat in files]})
 
 
-def videos_digest(paths: list[Path], root: Path) -> dict:
-    """A cheap summary of a collection's video files (path, size, modification time; a frame folder by
-    its own stat, without listing it): what changes when a video is added, removed or replaced."""
-    stats = []
-    for path in paths:
-        stat = path.stat()
-        stats.append([_relative(path, root), stat.st_size if path.is_file() else 0, stat.st_mtime_ns])
-    return {"count": len(paths), "digest": _digest(stats)}
+def _files_with_stats(path: Path) -> list[tuple[str, Path, os.stat_result]]:
+    """(name in the identity, file, its stat): a file as "", a frame folder's files by name, sorted."""
+    stat = path.stat()
+    if not S_ISDIR(stat.st_mode):
+        return [("", path, stat)]
+    with os.scandir(path) as entries:
+        found = sorted((entry.name, Path(entry.path), entry.stat()) for entry in entries if entry.is_file())
+    return found
+
+
+def videos_digest(identities: dict[str, str]) -> dict:
+    """A summary of a collection (video path -> identity): what changes when a video is added,
+    removed, renamed or (as its identity mode notices) replaced."""
+    return {"count": len(identities), "digest": _digest(sorted(identities.items()))}
 
 
 class VideoCache:
@@ -104,14 +185,46 @@ class VideoCache:
     @contextmanager
     def writing(self, entry: Path) -> Iterator[Path]:
         """A temporary path, unique to this process on this host, that becomes ``entry`` if the block
-        succeeds: two processes writing the same entry never write the same file."""
+        succeeds: two processes writing the same entry never write the same file. The entry's record
+        is written before the entry appears, so an entry without one was not written whole."""
         entry.parent.mkdir(parents=True, exist_ok=True)
         temporary = entry.with_name(f".{entry.name}.{socket.gethostname()}-{os.getpid()}.partial")
         try:
             yield temporary
+            write_json_atomic(record_path(entry), file_record(temporary))
             os.replace(temporary, entry)
         finally:
             temporary.unlink(missing_ok=True)
+
+    def entry_problem(self, entry: Path) -> str | None:
+        """Why an existing entry cannot be used (it does not match its record, or has none), or None."""
+        try:
+            record = json.loads(record_path(entry).read_text())
+        except FileNotFoundError:
+            return f"{entry}: no record of its size and checksum ({record_path(entry).name}): not written whole"
+        except (OSError, ValueError) as err:
+            return f"{record_path(entry)}: unreadable ({err})"
+        return record_problem(entry, record)
+
+    def discard_damaged(self, videos: list[dict]) -> dict[str, str]:
+        """Removes the damaged entries of ``videos`` (missing ones are not damaged: just not made yet),
+        each named in a warning, so that the stage makes them again; -> video id -> what was wrong."""
+        damaged = {}
+        for video in videos:
+            entry = self.path(video)
+            if not entry.is_file():
+                continue
+            problem = self.entry_problem(entry)
+            if problem is not None:
+                log.warning("video %s: its cache entry is damaged, making it again: %s", video["video_id"], problem)
+                entry.unlink(missing_ok=True)
+                record_path(entry).unlink(missing_ok=True)
+                damaged[video["video_id"]] = problem
+        return damaged
+
+
+def record_path(entry: Path) -> Path:
+    return entry.with_name(entry.name + RECORD_SUFFIX)
 
 
 def write_feature_entry(cache: VideoCache, entry: Path, features: np.ndarray, **attrs) -> None:
@@ -167,7 +280,7 @@ def clean(dataset_dir: Path, dry_run: bool = False) -> tuple[int, int]:
     with stage_lock(cache_root, shared=False):
         used = used_entries(dataset_dir)
         unused = [path for path in sorted(cache_root.rglob("*"))
-                  if path.is_file() and path.name != ".lock" and path.relative_to(cache_root).as_posix() not in used]
+                  if path.is_file() and path.name != ".lock" and _entry_of(path, cache_root) not in used]
         removed_bytes = sum(path.stat().st_size for path in unused)
         if not dry_run:
             for path in unused:
@@ -176,6 +289,12 @@ def clean(dataset_dir: Path, dry_run: bool = False) -> tuple[int, int]:
                 if not any(folder.iterdir()):
                     folder.rmdir()
     return len(unused), removed_bytes
+
+
+def _entry_of(path: Path, cache_root: Path) -> str:
+    """The entry a cache file belongs to (an entry's record belongs to the entry), relative to the cache."""
+    name = path.relative_to(cache_root).as_posix()
+    return name.removesuffix(RECORD_SUFFIX)
 
 
 def main() -> None:
