@@ -22,11 +22,11 @@ SCRATCH=${SCRATCH:-/tmp/gpu_check}
 mkdir -p "$SCRATCH"
 
 if [[ "${1:-}" == "--cpu-smoke" ]]; then
-  DEVICE=cpu VIDEOS=2 SECONDS_EACH=4 SCALE=0.005 SEARCH_VIDEOS=2000 SECTION_LIMIT=600
+  DEVICE=cpu VIDEOS=2 SECONDS_EACH=3 BATCH=4 SCALE=0.005 SEARCH_VIDEOS=2000 SECTION_LIMIT=600
 else
-  DEVICE=cuda VIDEOS=12 SECONDS_EACH=40 SCALE=1 SEARCH_VIDEOS=100000 SECTION_LIMIT=240
+  DEVICE=cuda VIDEOS=12 SECONDS_EACH=40 BATCH=64 SCALE=1 SEARCH_VIDEOS=100000 SECTION_LIMIT=240
 fi
-export DEVICE VIDEOS SECONDS_EACH SEARCH_VIDEOS SCRATCH
+export DEVICE VIDEOS SECONDS_EACH BATCH SEARCH_VIDEOS SCRATCH
 
 echo "== machine: $(date -u +%FT%TZ), $(nproc) cores; uptime: $(uptime)"
 if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; fi
@@ -49,12 +49,49 @@ from pipeline.video_cache import VideoCache, video_identity
 
 device, scratch = os.environ["DEVICE"], Path(os.environ["SCRATCH"])
 n_videos, seconds = int(os.environ["VIDEOS"]), float(os.environ["SECONDS_EACH"])
-FPS, SIZE, BATCH = 3.0, 224, 64
-clip = create_extractor("clip", model="ViT-B-32", pretrained=None, device=device, batch_size=BATCH)
+FPS, SIZE, BATCH = 3.0, 224, int(os.environ["BATCH"])
 
+# 2. Extraction: generated 360p videos (ffmpeg testsrc2, 25 fps), sampled at 3 fps. It runs first: its
+# decoding workers are forked before this process has used any OpenMP threads (a fork after that can hang).
+folder = scratch / "videos"
+folder.mkdir(parents=True, exist_ok=True)
+videos = []
+for index in range(n_videos):
+    path = folder / f"testsrc2_{index}_{seconds:g}s.mp4"
+    if not path.exists():
+        subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
+                        f"testsrc2=size=640x360:rate=25:duration={seconds:g}", "-c:v", "libx264", "-preset",
+                        "ultrafast", "-pix_fmt", "yuv420p", str(path)], check=True)
+    videos.append({"video_id": path.stem, "path": str(path), "duration": probe_video(path).duration,
+                   "identity": video_identity(path, folder, "file")})
+def synchronize():
+    if device == "cuda":
+        torch.cuda.synchronize()
+workers = min(len(os.sched_getaffinity(0)), 8)
+visual = {"backbone": "clip", "model": "ViT-B-32", "pretrained": None, "seed": 0, "fps": FPS, "size": SIZE,
+          "batch_size": BATCH, "num_workers": workers, "device": device, "max_failed_fraction": 0.0,
+          "clip_len": 16, "clip_stride": None}
+cache = VideoCache(scratch / f"cache-{time.time_ns()}", ".h5")
+started = time.perf_counter()
+report = extract_visual_features(videos, visual, cache, "gpu-check")
+synchronize()
+assert not report["failures"], report["failures"]
+extraction_seconds = time.perf_counter() - started
+
+# The model alone, on the same frames decoded beforehand.
+frames = np.concatenate([decode_frames(v["path"], sample_times(v["duration"], FPS), short_side=SIZE).frames
+                         for v in videos])
+extraction = len(frames) / extraction_seconds
+clip = create_extractor("clip", model="ViT-B-32", pretrained=None, device=device, batch_size=BATCH)
+clip.encode(frames[:BATCH]); synchronize()  # warm
+started = time.perf_counter()
+for start in range(0, len(frames), BATCH):
+    clip.encode(frames[start:start + BATCH])
+synchronize()
+model_alone = len(frames) / (time.perf_counter() - started)
 # 1. Each video's rows from padded batches spanning videos, against the video alone (same batch shape).
 rng = np.random.default_rng(0)
-clips = {f"v{i}": rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8) for i, n in enumerate([5, 70, 1, 40])}
+clips = {f"v{i}": rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8) for i, n in enumerate([5, BATCH + 6, 1, BATCH // 2 + 8])}
 def through_batcher(ids):
     batcher = _VideoBatcher(clip, BATCH, pin_memory=device == "cuda")
     for video_id in ids:
@@ -70,39 +107,6 @@ unequal = {v: float(np.abs(together[v] - alone[v]).max()) for v in clips if not 
 print(f"padded batches spanning videos bit-identical to each video alone on {device}: {not unequal}"
       + (f" (max |diff| per video: {unequal})" if unequal else ""), flush=True)
 
-# 2. Extraction: generated 360p videos (ffmpeg testsrc2, 25 fps), sampled at 3 fps.
-folder = scratch / "videos"
-folder.mkdir(parents=True, exist_ok=True)
-videos = []
-for index in range(n_videos):
-    path = folder / f"testsrc2_{index}_{seconds:g}s.mp4"
-    if not path.exists():
-        subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
-                        f"testsrc2=size=640x360:rate=25:duration={seconds:g}", "-c:v", "libx264", "-preset",
-                        "ultrafast", "-pix_fmt", "yuv420p", str(path)], check=True)
-    videos.append({"video_id": path.stem, "path": str(path), "duration": probe_video(path).duration,
-                   "identity": video_identity(path, folder, "file")})
-frames = np.concatenate([decode_frames(v["path"], sample_times(v["duration"], FPS), short_side=SIZE).frames
-                         for v in videos])
-def synchronize():
-    if device == "cuda":
-        torch.cuda.synchronize()
-clip.encode(frames[:BATCH]); synchronize()  # warm
-started = time.perf_counter()
-for start in range(0, len(frames), BATCH):
-    clip.encode(frames[start:start + BATCH])
-synchronize()
-model_alone = len(frames) / (time.perf_counter() - started)
-workers = min(len(os.sched_getaffinity(0)), 8)
-visual = {"backbone": "clip", "model": "ViT-B-32", "pretrained": None, "seed": 0, "fps": FPS, "size": SIZE,
-          "batch_size": BATCH, "num_workers": workers, "device": device, "max_failed_fraction": 0.0,
-          "clip_len": 16, "clip_stride": None}
-cache = VideoCache(scratch / f"cache-{time.time_ns()}", ".h5")
-started = time.perf_counter()
-report = extract_visual_features(videos, visual, cache, "gpu-check")
-synchronize()
-extraction = len(frames) / (time.perf_counter() - started)
-assert not report["failures"], report["failures"]
 print(f"extraction at 3 fps, {len(videos)} videos x {seconds:g} s 360p, {len(frames)} frames, {workers} decoding "
       f"workers: {extraction:,.0f} frames/s; model alone (ViT-B/32, batches of {BATCH}, frames decoded beforehand): "
       f"{model_alone:,.0f} frames/s; ratio {extraction / model_alone:.2f} (1.00 = decoding fully hidden; it "
