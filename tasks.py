@@ -264,7 +264,7 @@ class VisualPart(PerVideoStage):
     """One backbone of the visual recipe: its features at the sampling grid of that backbone."""
 
     part = luigi.Parameter(description="a name under visual.parts")
-    version = "2"
+    version = "3"  # 3: frames encoded in fixed-shape padded batches spanning videos (pipeline/features.py)
     shard_task, cache_suffix = VisualPartShard, ".h5"
 
     @property

@@ -133,37 +133,51 @@ def _windowed(pieces: Iterator[_Piece], shape: _WindowShape) -> Iterator[_Piece]
 
 
 class _VideoBatcher:
-    """Encodes each video's frames in batches counted from the video's own first frame: batch_size
-    frames at a time, the rest when its last piece arrives. A video's features therefore depend on
-    the video alone, never on which videos were decoded beside it (CPU kernels round differently for
-    different batch sizes), so a cached entry is the same whatever the shard, order or worker count.
-    Hands back each video's features once all its frames are encoded."""
+    """Encodes frames in batches of exactly batch_size rows, filled in arrival order across videos;
+    the rows left at the end of the input (``flush``) make one more batch, padded with zero rows.
+
+    A row's features depend on that row alone, never on the other rows of its batch, as long as the
+    batch has the same shape: measured on CPU (1 and 2 threads) for the tests' tiny CLIP and a
+    ViT-B/32, each video's rows from a padded batch spanning videos are bit-identical to the video
+    encoded alone in padded batches (tests/test_extraction_loop.py checks it), whereas a batch of
+    another size rounds differently (up to 3e-6 for ViT-B/32). So a video's features do not depend on
+    the videos decoded beside it (its cached entry is the same whatever the shard, order or worker
+    count), and short videos still fill the model's batches. Hands back each video's features once
+    all its frames are encoded."""
 
     def __init__(self, extractor, batch_size: int, pin_memory: bool):
         self.extractor, self.batch_size, self.pin_memory = extractor, batch_size, pin_memory
-        self._waiting: dict[str, list[np.ndarray]] = {}  # video id -> uint8 (n, S, S, 3) pieces not yet encoded
-        self._features: dict[str, list[np.ndarray]] = {}  # video id -> encoded (n, dim) batches
+        self._pending: list[tuple[str, np.ndarray]] = []  # (video id, uint8 rows) not yet encoded, in arrival order
+        self._pending_rows = 0
+        self._features: dict[str, list[np.ndarray]] = {}  # video id -> its encoded (n, dim) rows so far
         self._timestamps: dict[str, list[np.ndarray]] = {}
+        self._closed: dict[str, dict] = {}  # video id -> record, for the videos whose last piece arrived
         self._ready: list[tuple[dict, np.ndarray, np.ndarray]] = []
 
     def add(self, piece: _Piece) -> None:
         video_id = piece.video["video_id"]
-        waiting = self._waiting.setdefault(video_id, [])
-        waiting.append(piece.frames)
         self._features.setdefault(video_id, [])
         self._timestamps.setdefault(video_id, []).append(piece.timestamps)
-        while sum(len(frames) for frames in waiting) >= self.batch_size:
-            self._encode(video_id, self.batch_size)
+        if len(piece.frames):
+            self._pending.append((video_id, piece.frames))
+            self._pending_rows += len(piece.frames)
         if piece.last:
-            if waiting:
-                self._encode(video_id, sum(len(frames) for frames in waiting))
-            self._ready.append((piece.video, np.concatenate(self._features.pop(video_id)),
-                                np.concatenate(self._timestamps.pop(video_id))))
-            del self._waiting[video_id]
+            self._closed[video_id] = piece.video
+        while self._pending_rows >= self.batch_size:
+            self._encode_batch()
+        self._collect_finished()
+
+    def flush(self) -> None:
+        """No more pieces: encodes the rows still waiting (one padded batch)."""
+        if self._pending_rows:
+            self._encode_batch()
+        self._collect_finished()
 
     def drop(self, video_id: str) -> None:
         """Forget a video that failed part-way: its frames are neither encoded nor written."""
-        for per_video in (self._waiting, self._features, self._timestamps):
+        kept = [(owner, rows) for owner, rows in self._pending if owner != video_id]
+        self._pending, self._pending_rows = kept, sum(len(rows) for _, rows in kept)
+        for per_video in (self._features, self._timestamps, self._closed):
             per_video.pop(video_id, None)
 
     def finished(self) -> list[tuple[dict, np.ndarray, np.ndarray]]:
@@ -171,17 +185,35 @@ class _VideoBatcher:
         ready, self._ready = self._ready, []
         return ready
 
-    def _encode(self, video_id: str, count: int) -> None:
-        waiting, taken, n_taken = self._waiting[video_id], [], 0
-        while n_taken < count:  # the first `count` waiting frames of the video, splitting a piece if needed
-            piece = waiting[0][: count - n_taken]
-            waiting[0] = waiting[0][len(piece):]
-            if not len(waiting[0]):
-                waiting.pop(0)
-            taken.append(piece)
-            n_taken += len(piece)
+    def _encode_batch(self) -> None:
+        """Encodes the first batch_size waiting rows (fewer: padded to batch_size), splitting a piece
+        where the batch ends, and hands each video its rows."""
+        taken, owners, n_taken = [], [], 0
+        while self._pending and n_taken < self.batch_size:
+            video_id, rows = self._pending[0]
+            part = rows[: self.batch_size - n_taken]
+            if len(part) == len(rows):
+                self._pending.pop(0)
+            else:
+                self._pending[0] = (video_id, rows[len(part):])
+            taken.append(part)
+            owners.append((video_id, len(part)))
+            n_taken += len(part)
+        self._pending_rows -= n_taken
+        if n_taken < self.batch_size:
+            taken.append(np.zeros((self.batch_size - n_taken, *taken[0].shape[1:]), dtype=taken[0].dtype))
         batch = np.concatenate(taken) if not self.pin_memory else _pinned_concatenate(taken)
-        self._features[video_id].append(self.extractor.encode(batch))  # (count, dim)
+        features = self.extractor.encode(batch)  # (batch_size, dim)
+        start = 0
+        for video_id, count in owners:
+            self._features[video_id].append(features[start:start + count])
+            start += count
+
+    def _collect_finished(self) -> None:
+        waiting = {video_id for video_id, _ in self._pending}
+        for video_id in [video_id for video_id in self._closed if video_id not in waiting]:
+            self._ready.append((self._closed.pop(video_id), np.concatenate(self._features.pop(video_id)),
+                                np.concatenate(self._timestamps.pop(video_id))))
 
 
 def _pinned_concatenate(frames: list[np.ndarray]) -> np.ndarray:
@@ -246,8 +278,9 @@ def extract_visual_features(videos: list[dict], visual: dict, cache: VideoCache,
     into its cache entry; failures are recorded, not fatal.
 
     Videos are decoded in ``visual.num_workers`` worker processes and reach the model in batches of
-    ``visual.batch_size`` frames of one video (``_VideoBatcher``). Each video's entry is written as soon as its
-    last frame is encoded, so a crash loses only the videos in flight and a rerun skips finished ones.
+    ``visual.batch_size`` frames spanning videos, the last one padded (``_VideoBatcher``). Each video's
+    entry is written as soon as its last frame is encoded, so a crash loses only the videos in flight
+    and a rerun skips finished ones.
     ``frames_fps`` is the frame rate of inputs that are folders of frames.
     """
     todo = [video for video in videos if not cache.path(video).is_file()]
@@ -274,6 +307,7 @@ def extract_visual_features(videos: list[dict], visual: dict, cache: VideoCache,
                     batcher.drop(piece.video["video_id"])
                     progress.update()
                 decoded += _write_finished(batcher, cache, decoders, progress)
+            batcher.flush()
             decoded += _write_finished(batcher, cache, decoders, progress)
         _warn_repeated_frames(stage, todo, source_frames, visual["fps"])
     return {"decoded": decoded, "failures": failures,

@@ -1,4 +1,4 @@
-"""The visual extraction loop: worker decoding, batches spanning videos, streaming, failures, resuming."""
+"""The visual extraction loop: worker decoding, padded batches spanning videos, streaming, failures, resuming."""
 
 from pathlib import Path
 
@@ -8,7 +8,7 @@ import pytest
 
 from extractors import create_extractor
 from extractors.decode import decode_frames, probe_video, sample_times
-from pipeline.features import _DecodedVideos, _VideoBatcher
+from pipeline.features import _DecodedVideos, _Piece, _VideoBatcher
 from pipeline.video_cache import VideoCache, video_identity, write_feature_entry
 from videos import extract_as_a_stage, make_testsrc_video, run_ffmpeg
 
@@ -45,10 +45,22 @@ def videos(tmp_path_factory) -> list[dict]:
     return entries
 
 
+def _encoded_alone(video: dict, frames: np.ndarray, extractor, batch_size: int = BATCH) -> np.ndarray:
+    """One video's frames through the batcher with no other video: padded batches of its own."""
+    batcher = _VideoBatcher(extractor, batch_size, pin_memory=False)
+    batcher.add(_Piece(video, frames, np.arange(len(frames), dtype=np.float64), last=True))
+    batcher.flush()
+    ((_, features, _),) = batcher.finished()
+    return features
+
+
 def _expected(video: dict, clip) -> tuple[np.ndarray, np.ndarray]:
     """Features of one video decoded and encoded on its own: what the loop must reproduce."""
     decoded = decode_frames(video["path"], sample_times(video["duration"], FPS), short_side=SIZE, frames_fps=3.0)
-    return clip.encode(decoded.frames), decoded.timestamps
+    alone = _encoded_alone(video, decoded.frames, clip)
+    # Padding changes nothing but the rounding of a batch of another size.
+    np.testing.assert_allclose(alone, clip.encode(decoded.frames), rtol=0, atol=1e-5)
+    return alone, decoded.timestamps
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -92,24 +104,55 @@ class _BatchSizes:
         return self.extractor.encode(frames)
 
 
-def test_each_video_is_encoded_in_batches_of_its_own_and_pieces_stay_small(videos, clip):
+def test_batches_are_full_and_span_videos_and_pieces_stay_small(videos, clip):
     decodable = videos[:-1]
     recorder = _BatchSizes(clip)
     batcher = _VideoBatcher(recorder, BATCH, pin_memory=False)
-    piece_sizes, written = [], {}
+    piece_sizes, written, frames = [], {}, {}
     for piece in _DecodedVideos(decodable, FPS, SIZE, frames_fps=3.0, frames_per_piece=5):
         piece_sizes.append(len(piece.frames))
+        frames.setdefault(piece.video["video_id"], []).append(piece.frames)
         batcher.add(piece)
         written.update((video["video_id"], features) for video, features, _ in batcher.finished())
-        if piece.last:  # handed back as soon as its last frame is encoded
-            assert piece.video["video_id"] in written
+    batcher.flush()
+    written.update((video["video_id"], features) for video, features, _ in batcher.finished())
 
     samples = [len(sample_times(v["duration"], FPS)) for v in decodable]
     assert max(piece_sizes) == 5  # the 6 s video (24 samples) arrives in pieces, not whole
-    # Batches counted from each video's first frame: never a frame of another video in them.
-    assert recorder.sizes == [size for n in samples for size in [BATCH] * (n // BATCH) + ([n % BATCH] if n % BATCH else [])]
+    # Every batch has the same shape (the last one padded): as few model calls as the frames need.
+    assert recorder.sizes == [BATCH] * -(-sum(samples) // BATCH)
     assert sorted(written) == sorted(v["video_id"] for v in decodable)
     assert written["testsrc_1"].shape == (2, clip.dim)
+    for video in decodable:  # bit for bit what the video gives alone
+        alone = _encoded_alone(video, np.concatenate(frames[video["video_id"]]), clip)
+        np.testing.assert_array_equal(written[video["video_id"]], alone)
+
+
+@pytest.mark.parametrize("model, size, batch", [("TinyViT-32-test", 64, 8), ("ViT-B-32", 224, 4)])
+def test_a_videos_features_do_not_depend_on_its_neighbours(model, size, batch):
+    """What the batcher relies on: each row of a fixed-shape batch is encoded independently of the
+    other rows, for the tests' CLIP and one of real size (random weights), so a video's features are
+    the same bit for bit whatever videos share its batches, in any order, in any position."""
+    extractor = create_extractor("clip", model=model, device="cpu", batch_size=batch)
+    rng = np.random.default_rng(0)
+    lengths = [3, batch + 2, 1, 2 * batch - 1]
+    clips = {f"v{i}": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8) for i, n in enumerate(lengths)}
+
+    def run(order: list[str]) -> dict[str, np.ndarray]:
+        batcher = _VideoBatcher(extractor, batch, pin_memory=False)
+        for video_id in order:
+            frames = clips[video_id]
+            for start in range(0, len(frames), 2):  # pieces of 2 frames
+                piece = frames[start:start + 2]
+                batcher.add(_Piece({"video_id": video_id}, piece, np.zeros(len(piece)), last=start + 2 >= len(frames)))
+        batcher.flush()
+        return {video["video_id"]: features for video, features, _ in batcher.finished()}
+
+    forwards, backwards = run(list(clips)), run(list(clips)[::-1])
+    for video_id, frames in clips.items():
+        alone = _encoded_alone({"video_id": video_id}, frames, extractor, batch)
+        np.testing.assert_array_equal(forwards[video_id], alone)
+        np.testing.assert_array_equal(backwards[video_id], alone)
 
 
 def test_video_failing_after_some_pieces_is_dropped_whole(videos, clip, tmp_path):
@@ -128,6 +171,7 @@ def test_video_failing_after_some_pieces_is_dropped_whole(videos, clip, tmp_path
         else:
             assert "00008.jpg" in piece.error
             batcher.drop(piece.video["video_id"])
+    batcher.flush()
     assert pieces_before_error >= 1
     assert [video["video_id"] for video, _, _ in batcher.finished()] == [videos[1]["video_id"]]
 
