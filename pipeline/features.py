@@ -22,8 +22,8 @@ from extractors import create_extractor, list_extractors
 from extractors.decode import VideoDecodeError, iter_decoded_frames, sample_times
 from extractors.subtitles import pool_subtitles
 from pipeline.stage import StageFailed
-from pipeline.store import FeatureWriter
 from pipeline.video_cache import VideoCache, read_feature_entry, write_feature_entry
+from storage import QUERY_GROUPS, SUBTITLE_GROUPS, FeatureWriter
 
 log = logging.getLogger("pipeline")
 
@@ -316,7 +316,7 @@ def assemble_visual_features(videos: list[dict], visual: dict, cache: VideoCache
                 decoders[video["video_id"]] = "pyav"
             if not writer.done(video["video_id"]):
                 writer.write(video["video_id"], features, timestamps=entry_attrs["timestamps"],
-                             duration=video["duration"])
+                             duration=float(video["duration"]))
         writer.finish()
     return {"inputs": {"videos": len(videos)}, "failures": failures, "decoders": decoders, "dim": dim}
 
@@ -387,9 +387,9 @@ def text_encoder_options(text: dict) -> tuple[str, dict]:
 def encode_queries(queries: list[dict], text: dict, out_path: Path, attrs: dict) -> dict:
     """Token features (L, D) and a pooled vector (D,) per caption id."""
     encoder = text_encoder(text)
-    with FeatureWriter(out_path, {**attrs, "model": text["model"], "dim": encoder.dim,
-                                  "layer": text["layer"]}) as writer:
-        todo = [query for query in queries if not writer.done(query["cap_id"], group="pooled")]
+    with FeatureWriter(out_path, {**attrs, "model": text["model"], "dim": encoder.dim, "layer": text["layer"]},
+                       groups=QUERY_GROUPS) as writer:
+        todo = [query for query in queries if not writer.done(query["cap_id"])]
         _log_resume(attrs["stage"], len(queries) - len(todo), len(queries), "queries")
         for start in tqdm(range(0, len(todo), _TEXT_CHUNK), desc="query features", unit="chunk"):
             chunk = todo[start:start + _TEXT_CHUNK]
@@ -407,9 +407,9 @@ def encode_subtitles(videos: list[dict], subtitles: list[dict], text: dict, visu
 
     encoder = text_encoder(text)
     sentences_of = {entry["video_id"]: entry["sub"] for entry in subtitles}
-    with FeatureWriter(out_path, {**attrs, "model": text["model"], "dim": encoder.dim,
-                                  "layer": text["layer"]}) as writer:
-        todo = [video for video in videos if not writer.done(video["video_id"], group="mask")]
+    with FeatureWriter(out_path, {**attrs, "model": text["model"], "dim": encoder.dim, "layer": text["layer"]},
+                       groups=SUBTITLE_GROUPS) as writer:
+        todo = [video for video in videos if not writer.done(video["video_id"])]
         _log_resume(attrs["stage"], len(videos) - len(todo), len(videos), "videos")
         for video in tqdm(todo, desc="subtitle features", unit="video"):
             sentences = [s for s in sentences_of.get(video["video_id"], []) if s["text"].strip()]

@@ -36,8 +36,8 @@ from amdnet.config import resolve_device
 from amdnet.data import video_clips
 from amdnet.evaluate import load_model
 from amdnet.moments import clip_spans
-from pipeline.store import entry_name
 from search.approximate import APPROXIMATE_FILE, ApproximateSettings, build_approximate, choose_method
+from storage import FeatureFile
 
 log = logging.getLogger("search")
 
@@ -60,8 +60,8 @@ def build_index(checkpoint: Path, videos: list[dict], video_features: Path, subt
     model, train_config = load_model(state, torch_device)
     model.eval()
     map_size = model.config.map_size
-    with h5py.File(video_features, "r") as video_file:
-        present = [video for video in videos if entry_name(video["video_id"]) in video_file]
+    with FeatureFile(video_features) as video_file:
+        present = [video for video in videos if video["video_id"] in video_file.group()]
         backbone = str(video_file.attrs.get("backbone", "unknown"))
     missing = [video["video_id"] for video in videos if video not in present]
     if not present:
@@ -70,8 +70,8 @@ def build_index(checkpoint: Path, videos: list[dict], video_features: Path, subt
     method = choose_method(search["method"], len(present), search["exact_max_videos"])
     approximate = ApproximateSettings.from_config(search["approximate"])
     final, partial = out_dir / INDEX_FILE, out_dir / f"{INDEX_FILE}.partial"
-    with h5py.File(partial, "w") as index, h5py.File(video_features, "r") as video_file, \
-            (h5py.File(subtitle_features, "r") if train_config.use_subtitles else nullcontext()) as subtitle_file:
+    with h5py.File(partial, "w") as index, FeatureFile(video_features) as video_file, \
+            (FeatureFile(subtitle_features) if train_config.use_subtitles else nullcontext()) as subtitle_file:
         index.attrs.update(attrs)
         index.attrs.update(checkpoint=str(checkpoint), text=json.dumps(text), map_size=map_size,
                            query_input=train_config.query_input, use_subtitles=train_config.use_subtitles,
@@ -95,8 +95,8 @@ def build_index(checkpoint: Path, videos: list[dict], video_features: Path, subt
             for name, value in values.items():
                 arrays[name][start:start + len(batch)] = value.float().cpu().numpy()
         durations = np.array([video["duration"] for video in present], dtype=np.float64)  # (V,)
-        fractions = np.stack([clip_spans(video_file[entry_name(video["video_id"])].shape[0], map_size).numpy()
-                              for video in present])  # (V, N, 2)
+        rows = video_file.group().lengths[[video_file.group().position(video["video_id"]) for video in present]]
+        fractions = np.stack([clip_spans(int(count), map_size).numpy() for count in rows])  # (V, N, 2)
         index["clip_fractions"] = fractions
         index["clip_spans"] = (fractions * durations[:, None, None]).astype(np.float32)
         index["durations"] = durations
