@@ -504,6 +504,10 @@ class RaggedGroup:
             batch = entry_ids[start:start + batch_entries]
             yield from zip(batch, self.gather(batch, column))
 
+    def items(self, column: str = "data") -> Iterator[tuple[str, np.ndarray]]:
+        """(id, entry) for every entry, in file order."""
+        return self.iterate(self.ids, column)
+
     def _dataset(self, column: str) -> h5py.Dataset:
         if column != "data" and column not in self.row_columns:
             raise FeatureFileError(f"{self.where}: no per-row column {column!r} (it has {self.row_columns})")
