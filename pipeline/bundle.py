@@ -209,7 +209,8 @@ def import_bundle(layout: BundleLayout, out_dir: Path, rows_per_second: float, a
     queries = _read_captions(layout)
     with _VideoSource(layout) as videos, h5py.File(layout.query_file, "r") as query_file:
         missing_videos = sorted({q["video_id"] for q in queries} - videos.ids)
-        query_keys = {q["cap_id"]: _query_key(query_file, q["cap_id"]) for q in queries}
+        keys = set(query_file)  # listed once: a lookup per caption would cost an HDF5 call each
+        query_keys = {q["cap_id"]: _query_key(keys, q["cap_id"]) for q in queries}
         missing_captions = sorted(cap_id for cap_id, key in query_keys.items() if key is None)
         kept = [q for q in queries if q["video_id"] in videos.ids and query_keys[q["cap_id"]] is not None]
         _check_splits_filled(kept, layout)
@@ -231,9 +232,9 @@ def import_bundle(layout: BundleLayout, out_dir: Path, rows_per_second: float, a
             "missing": {"video_features": missing_videos, "query_features": missing_captions}}
 
 
-def _query_key(query_file: h5py.File, cap_id: str) -> str | None:
+def _query_key(keys: set[str], cap_id: str) -> str | None:
     for key in (cap_id, _short_caption_key(cap_id)):
-        if key in query_file:
+        if key in keys:
             return key
     return None
 
@@ -364,11 +365,11 @@ def export_bundle(video_features: Path, query_features: Path, queries: list[dict
         clip = BundleLayout(layout.root, layout.collection, query="clip").query_file
         caption_ids = [q["cap_id"] for q in captions]
         bundle_ids = [renamed[cap_id] for cap_id in caption_ids]
-        _write_h5(roberta, zip(bundle_ids, (array for _, array in tokens.iterate(caption_ids))), query_file.attrs)
-        _write_h5(clip, zip(bundle_ids, (array for _, array in pooled.iterate(caption_ids))), query_file.attrs)
+        write_keyed_h5(roberta, zip(bundle_ids, (array for _, array in tokens.iterate(caption_ids))), query_file.attrs)
+        write_keyed_h5(clip, zip(bundle_ids, (array for _, array in pooled.iterate(caption_ids))), query_file.attrs)
         video_ids = list(dict.fromkeys(q["video_id"] for q in kept))
         videos = dict(zip(video_ids, video_group.gather(video_ids)))
-        _write_h5(BundleLayout(layout.root, layout.collection).video_source, videos.items(), video_file.attrs)
+        write_keyed_h5(BundleLayout(layout.root, layout.collection).video_source, videos.items(), video_file.attrs)
     write_bigfile(feature_dir / EXPORTED_BIGFILE, videos)
     write_text_atomic(text_dir / "cap_ids.tsv", "".join(f"{ours}\t{theirs}\n" for ours, theirs in renamed.items()))
     if unexportable:
@@ -397,7 +398,7 @@ def _exportable_id(video_id: str) -> bool:
 _COMPACT_MAX_BYTES = 60_000
 
 
-def _write_h5(path: Path, entries: Iterable[tuple[str, np.ndarray]], attrs: dict) -> None:
+def write_keyed_h5(path: Path, entries: Iterable[tuple[str, np.ndarray]], attrs: dict) -> None:
     """One dataset per key, the layout the reference code reads. Each is made with h5py's low-level
     calls, compact when small and without modification times: about a third of what ``create_dataset``
     costs a dataset, which is what this file's writing time is made of (there is one per caption)."""

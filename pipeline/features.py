@@ -386,11 +386,12 @@ def text_encoder_options(text: dict) -> tuple[str, dict]:
 
 def encode_queries(queries: list[dict], text: dict, out_path: Path, attrs: dict) -> dict:
     """Token features (L, D) and a pooled vector (D,) per caption id."""
+    captions = list({query["cap_id"]: query for query in queries}.values())  # one listed in two splits: once
     encoder = text_encoder(text)
     with FeatureWriter(out_path, {**attrs, "model": text["model"], "dim": encoder.dim, "layer": text["layer"]},
                        groups=QUERY_GROUPS) as writer:
-        todo = [query for query in queries if not writer.done(query["cap_id"])]
-        _log_resume(attrs["stage"], len(queries) - len(todo), len(queries), "queries")
+        todo = [query for query in captions if not writer.done(query["cap_id"])]
+        _log_resume(attrs["stage"], len(captions) - len(todo), len(captions), "queries")
         for start in tqdm(range(0, len(todo), _TEXT_CHUNK), desc="query features", unit="chunk"):
             chunk = todo[start:start + _TEXT_CHUNK]
             for query, features in zip(chunk, encoder.encode([q["text"] for q in chunk])):

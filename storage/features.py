@@ -352,6 +352,7 @@ class FeatureFile:
         self.path = Path(path)
         self._handle: h5py.File | None = None
         self._pid: int | None = None
+        self._datasets: dict[str, h5py.Dataset] = {}
         attrs = self.file.attrs
         _check_layout(self.path, attrs, self.file)
         self.attrs = {name: value for name, value in attrs.items() if name not in _RESERVED_ATTRS}
@@ -365,7 +366,15 @@ class FeatureFile:
             self._handle, self._pid = None, os.getpid()  # inherited across a fork: never reused
         if self._handle is None:
             self._handle = _open_for_reading(self.path)
+            self._datasets = {}
         return self._handle
+
+    def dataset(self, name: str) -> h5py.Dataset:
+        """This process's open dataset ``name``: opened once, as opening costs more than a small read."""
+        file = self.file
+        if name not in self._datasets:
+            self._datasets[name] = file[name]
+        return self._datasets[name]
 
     def group(self, name: str = ROOT) -> "RaggedGroup":
         if name not in self._groups:
@@ -377,7 +386,7 @@ class FeatureFile:
     def close(self) -> None:
         if self._handle is not None and self._pid == os.getpid():
             self._handle.close()
-        self._handle = None
+        self._handle, self._datasets = None, {}
 
     def __enter__(self) -> "FeatureFile":
         return self
@@ -386,7 +395,7 @@ class FeatureFile:
         self.close()
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_handle": None, "_pid": None}
+        return {**self.__dict__, "_handle": None, "_pid": None, "_datasets": {}}
 
 
 def _open_for_reading(path: Path) -> h5py.File:
@@ -475,7 +484,7 @@ class RaggedGroup:
         index = self.position(entry_id)
         if self.kind == ROW:
             return dataset[index]
-        return dataset[self.offsets[index]:self.offsets[index + 1]]
+        return dataset[int(self.offsets[index]):int(self.offsets[index + 1])]
 
     def gather(self, entry_ids: Iterable[str], column: str = "data") -> list[np.ndarray]:
         """The entries of ``entry_ids`` (as ``read`` gives them), read in one pass in file order."""
@@ -484,15 +493,14 @@ class RaggedGroup:
         starts, ends = self.offsets[positions], self.offsets[positions + 1]
         if not len(positions):
             return []
-        order = np.argsort(starts, kind="stable")
         low, high = int(starts.min()), int(ends.max())
-        wanted = int(np.sum(ends - starts))
-        if wanted >= _GATHER_SPAN_FILL * (high - low):
+        if int(np.sum(ends - starts)) >= _GATHER_SPAN_FILL * (high - low):
             block = dataset[low:high]
-            pieces = {int(i): block[starts[i] - low:ends[i] - low] for i in order}
-        else:
-            pieces = {int(i): dataset[starts[i]:ends[i]] for i in order}
-        entries = [pieces[i] for i in range(len(positions))]
+            entries = [block[start - low:end - low] for start, end in zip(starts.tolist(), ends.tolist())]
+        else:  # few rows spread wide: each entry on its own, in file order
+            order = np.argsort(starts, kind="stable")
+            pieces = {int(i): dataset[int(starts[i]):int(ends[i])] for i in order}
+            entries = [pieces[i] for i in range(len(positions))]
         return [entry[0] for entry in entries] if self.kind == ROW else entries
 
     def iterate(self, entry_ids: Iterable[str], column: str = "data",
@@ -511,7 +519,7 @@ class RaggedGroup:
     def _dataset(self, column: str) -> h5py.Dataset:
         if column != "data" and column not in self.row_columns:
             raise FeatureFileError(f"{self.where}: no per-row column {column!r} (it has {self.row_columns})")
-        return self.feature_file.file[self._path + column]
+        return self.feature_file.dataset(self._path + column)
 
 
 # ---- the files the pipeline writes ------------------------------------------------------------------
