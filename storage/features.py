@@ -150,7 +150,7 @@ class FeatureWriter:
             self._file = None
 
     def done(self, entry_id: str) -> bool:
-        """Whether ``entry_id`` was committed (by this writer or an earlier, interrupted one)."""
+        """Whether ``entry_id`` is written: by this writer, or committed by an earlier, interrupted one."""
         return entry_id in self._done
 
     @property
@@ -165,9 +165,10 @@ class FeatureWriter:
         pending = self._pending[group]
         position = len(pending.arrays)
         if position == len(self._pending_ids):
-            if entry_id in self._done or entry_id in self._pending_ids:
+            if entry_id in self._done:
                 raise ValueError(f"{self.partial}: entry {entry_id!r} written twice")
             self._pending_ids.append(entry_id)
+            self._done.add(entry_id)  # from here on "done" means written; committed is what survives a kill
         elif self._pending_ids[position] != entry_id:
             raise ValueError(f"{self.partial}: group {group!r} got entry {entry_id!r} where the other groups "
                              f"have {self._pending_ids[position]!r}: write entries in one order")
@@ -240,7 +241,6 @@ class FeatureWriter:
         self._file.flush()
         self._broken = False
         self._committed += ids
-        self._done.update(ids)
         self._pending_ids = self._pending_ids[count:]
 
 
