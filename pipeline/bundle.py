@@ -222,8 +222,9 @@ def import_bundle(layout: BundleLayout, out_dir: Path, rows_per_second: float, a
     splits: dict[str, set[str]] = {}
     for query in kept:
         splits.setdefault(query["video_id"], set()).add(query["split"])
+    source = str(layout.video_source)
     write_jsonl_atomic(out_dir / "videos.jsonl", [  # a video in val and test is listed under test, as datasets do
-        {"video_id": video_id, "path": str(layout.video_source), "duration": video_rows[video_id] / rows_per_second,
+        {"video_id": video_id, "path": source, "duration": video_rows[video_id] / rows_per_second,
          "split": "test" if "test" in splits[video_id] else min(splits[video_id])} for video_id in video_ids])
     for what, ids in (("videos without features", missing_videos), ("captions without features", missing_captions)):
         if ids:
@@ -268,7 +269,7 @@ class _VideoSource:
 
     def __getitem__(self, video_id: str) -> np.ndarray:
         if self._file is not None:
-            return self._file[video_id][()]
+            return _read_keyed(self._file, video_id)
         return self.rows.video(video_id, self.video2frames[video_id])
 
     def row_count(self, video_id: str) -> int:
@@ -282,12 +283,13 @@ def _write_videos(videos: _VideoSource, video_ids: list[str], path: Path, rows_p
                   attrs: dict) -> dict[str, int]:
     """A (T, D) entry per video with sample timestamps; returns T per video."""
     dim = np.shape(videos[video_ids[0]])[-1]
+    source = videos.layout.video_source  # resolved once: it is only named in errors
     with FeatureWriter(path, {**attrs, "dim": dim}) as writer:
         for video_id in video_ids:
             if writer.done(video_id):  # written before an interruption
                 continue
             features = np.asarray(videos[video_id], dtype=np.float32)  # (T, D)
-            _check_shape(features, 2, dim, f"{videos.layout.video_source}: video {video_id!r}")
+            _check_shape(features, 2, dim, f"{source}: video {video_id!r}")
             timestamps = (np.arange(len(features)) + 0.5) / rows_per_second
             writer.write(video_id, features, timestamps=timestamps, duration=len(features) / rows_per_second)
         writer.finish()
@@ -301,17 +303,28 @@ def _write_queries(query_file: h5py.File, layout: BundleLayout, queries: list[di
     ndim = 2 if layout.query == "roberta" else 1
     layer = -2 if layout.query == "roberta" else -1
     dim = np.shape(query_file[keys[queries[0]["cap_id"]]])[-1]
+    source = layout.query_file  # resolved once: it is only named in errors
     with FeatureWriter(path, {**attrs, "model": f"bundle:{layout.query}", "dim": dim, "layer": layer},
                        groups=QUERY_GROUPS) as writer:
         for query in (query for query in queries if not writer.done(query["cap_id"])):
-            features = np.asarray(query_file[keys[query["cap_id"]]][()], dtype=np.float32)
+            features = _read_keyed(query_file, keys[query["cap_id"]]).astype(np.float32, copy=False)
             if ndim == 1 and features.shape[:1] == (1,):
                 features = features.reshape(-1)  # some releases store the CLIP vector as (1, D)
-            _check_shape(features, ndim, dim, f"{layout.query_file}: caption {keys[query['cap_id']]!r}")
+            _check_shape(features, ndim, dim, f"{source}: caption {keys[query['cap_id']]!r}")
             tokens = features if ndim == 2 else features[None]  # (L, D)
             writer.write(query["cap_id"], tokens, group="tokens")
             writer.write(query["cap_id"], tokens.mean(axis=0), group="pooled")  # (D,)
         writer.finish()
+
+
+def _read_keyed(file: h5py.File, key: str) -> np.ndarray:
+    """The dataset ``key`` of a bundle file, read through h5py's low-level calls: the bundle has one
+    dataset per caption, and ``file[key][()]`` costs several times more per dataset."""
+    dataset = h5py.h5d.open(file.id, key.encode())
+    array = np.empty(dataset.shape, dataset.dtype)
+    if array.size:
+        dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, array)
+    return array
 
 
 def _check_shape(features: np.ndarray, ndim: int, dim: int, where: str) -> None:
