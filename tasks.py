@@ -37,6 +37,7 @@ from pipeline.sharding import PerVideoStage, VideoShard
 from pipeline.stage import DatasetTask, Stage
 from pipeline.subtitle_files import SUBTITLE_EXTENSIONS
 from pipeline.video_cache import HASHES_FILE, ContentHashes, content_hash, video_identity, videos_digest
+from storage import LAYOUT_VERSION
 
 
 class _ConfigErrorAsMessage(logging.Filter):
@@ -169,7 +170,7 @@ class ImportBundle(Stage):
     """Reads the PRVR feature bundle (features.bundle_dir) into our store: it stands in for the dataset
     and every feature stage when ``features.source: bundle``; no video is decoded."""
 
-    stage, version, reads = "bundle", "2", ("features", "data.root")
+    stage, version, reads = "bundle", "3", ("features", "data.root")  # 3: ragged feature files (storage)
 
     @property
     def layout(self):
@@ -285,6 +286,10 @@ class VisualPart(PerVideoStage):
     def cache_settings(self) -> dict:
         return {**super().cache_settings(), "frame_fps": self.config["data"]["frame_fps"]}
 
+    def _fingerprint_payload(self):
+        # A new features.h5 layout rebuilds the file from the cache entries, which it leaves as they are.
+        return {**super()._fingerprint_payload(), "layout": LAYOUT_VERSION}
+
     @property
     def features(self) -> Path:
         return self.out_dir / "features.h5"
@@ -311,7 +316,7 @@ class VisualFeatures(_FeatureStage):
     """The visual recipe's parts on one grid: a single per-frame part as it is, or every part pooled
     onto clips of visual.clip_seconds and concatenated."""
 
-    stage, version, reads = "visual", "4", ("visual.clip_seconds",)
+    stage, version, reads = "visual", "5", ("visual.clip_seconds",)  # 5: ragged feature files
 
     def upstream(self):
         parts = {f"part-{name}": self.clone(VisualPart, part=name) for name in self.config["visual"]["parts"]}
@@ -345,7 +350,7 @@ class VisualFeatures(_FeatureStage):
 class QueryFeatures(_FeatureStage):
     """Encodes every query with the text encoder: token features and a pooled vector."""
 
-    stage, version, reads = "queries", "2", ("text",)
+    stage, version, reads = "queries", "3", ("text",)  # 3: ragged feature files (storage)
 
     def build(self, out_dir):
         from pipeline.features import encode_queries
@@ -357,7 +362,7 @@ class QueryFeatures(_FeatureStage):
 class SubtitleFeatures(_FeatureStage):
     """Encodes subtitles and pools them onto the visual feature grid (which only depends on timing)."""
 
-    stage, version, reads = "subtitles", "3", ("text", "visual.fps", "visual.clip_seconds")
+    stage, version, reads = "subtitles", "4", ("text", "visual.fps", "visual.clip_seconds")  # 4: ragged files
 
     def build(self, out_dir):
         from pipeline.features import encode_subtitles

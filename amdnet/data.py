@@ -1,26 +1,24 @@
 """Training/evaluation data: HDF5 features binned to clips, grouped as videos with all their captions.
 
-File formats are the project's shared contract (see the common brief):
-video HDF5 `<video_id>` (T, Dv) with attrs `timestamps`, `duration`; query HDF5 `pooled/<cap_id>`
-(Dq,) and `tokens/<cap_id>` (L, Dq); subtitle HDF5 `features/<video_id>` (T, Ds), `mask/<video_id>` (T,).
-Ids are opaque keys: every entry is looked up through `entry_name`, which escapes them as the writers do.
+Feature files are read through `storage` (the layout is in docs/data-formats.md): a video file's
+root group holds (T, Dv) per video with `timestamps` and `duration`; a query file's groups `pooled`
+(Dq,) and `tokens` (L, Dq) per caption; a subtitle file's groups `features` (T, Ds) and `mask` (T,)
+per video. Each file's ids and offsets are read once; an item is a few slices.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 from functools import lru_cache
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from amdnet.config import FeatureFiles
-from pipeline.store import entry_name
+from storage import FeatureFile, FeatureFileError
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +74,9 @@ def bin_clips(features: np.ndarray, map_size: int = 32) -> np.ndarray:
 class VideoCaptionDataset(Dataset):
     """One item per video of a split: its binned clips and the features of all its captions.
 
-    Videos of a split are those with captions in that split that exist in the video HDF5.
-    HDF5 files are opened lazily, once per process, so DataLoader workers never share a handle.
+    Videos of a split are those with captions in that split that have video features. The feature
+    files' indexes are read here, once; their HDF5 handles are opened by each process on first use,
+    so DataLoader workers never share one.
     """
 
     def __init__(self, files: FeatureFiles, queries_path: Path, split: str, query_input: str = "pooled",
@@ -89,15 +88,19 @@ class VideoCaptionDataset(Dataset):
         self.query_group = query_input
         self.use_subtitles = use_subtitles
         self.map_size = map_size
-        self.handles: dict[str, h5py.File] = {}
-        self.handles_pid: int | None = None
+        self.video_file = FeatureFile(files.video)
+        self.query_file = FeatureFile(files.query)
+        self.subtitle_file = FeatureFile(files.subtitle) if use_subtitles else None
 
         queries = read_queries(queries_path, split)
-        with h5py.File(files.video, "r") as video_file:
-            self.video_ids = self.videos_with_features(queries, video_file, queries_path)
-            self.num_frames = [video_file[entry_name(video_id)].shape[0] for video_id in self.video_ids]
-            self.durations = [self.read_duration(video_file, video_id) for video_id in self.video_ids]
-            self.video_dim = self.common_feature_dim(video_file, self.video_ids, files.video)
+        videos = self.video_file.group()
+        self.video_ids = self.videos_with_features(queries, queries_path)
+        rows = np.array([videos.position(video_id) for video_id in self.video_ids], np.int64)
+        self.num_frames = videos.lengths[rows].tolist()
+        if "duration" not in videos.entry_columns:
+            raise FeatureFileError(f"{files.video}: no 'duration' column")
+        self.durations = videos.column("duration")[rows].astype(float).tolist()
+        self.video_dim = videos.dim
         wanted = set(self.video_ids)
         self.captions: list[list[str]] = [[] for _ in self.video_ids]  # cap ids per video, manifest order
         position = {video_id: index for index, video_id in enumerate(self.video_ids)}
@@ -107,71 +110,45 @@ class VideoCaptionDataset(Dataset):
         self.query_dim = self.check_query_file()
         if use_subtitles:
             self.video_dim += self.check_subtitle_file()
+        self.video_file.close()  # opened again by whichever process reads items
+        self.query_file.close()
         for num_frames in set(self.num_frames):
             clip_bin_edges(num_frames, map_size)  # fill the cache once, before any worker forks
 
-    def videos_with_features(self, queries: list[dict], video_file: h5py.File, queries_path) -> list[str]:
+    def videos_with_features(self, queries: list[dict], queries_path) -> list[str]:
+        videos = self.video_file.group()
         video_ids = list(dict.fromkeys(record["video_id"] for record in queries))
-        present = [video_id for video_id in video_ids if entry_name(video_id) in video_file]
+        present = [video_id for video_id in video_ids if video_id in videos]
         if len(present) < len(video_ids):
-            missing = [video_id for video_id in video_ids if entry_name(video_id) not in video_file]
+            missing = [video_id for video_id in video_ids if video_id not in videos]
             log.warning("split %r: %d of %d videos of %s have no features in %s and are skipped (e.g. %s)",
                         self.split, len(missing), len(video_ids), queries_path, self.files.video, missing[0])
         if not present:
             raise ValueError(f"split {self.split!r}: no video of {queries_path} has features in {self.files.video}")
         return present
 
-    def read_duration(self, video_file: h5py.File, video_id: str) -> float:
-        attrs = video_file[entry_name(video_id)].attrs
-        if "duration" not in attrs:
-            raise KeyError(f"{self.files.video}: dataset {video_id!r} has no 'duration' attribute")
-        return float(attrs["duration"])
-
-    @staticmethod
-    def common_feature_dim(h5_group, keys: list[str], path) -> int:
-        dims = {key: h5_group[entry_name(key)].shape[-1] for key in keys}
-        first_key = keys[0]
-        for key, dim in dims.items():
-            if dim != dims[first_key]:
-                raise ValueError(f"{path}: {key!r} has dimension {dim}, but {first_key!r} has {dims[first_key]}")
-        return dims[first_key]
-
     def check_query_file(self) -> int:
-        with h5py.File(self.files.query, "r") as query_file:
-            if self.query_group not in query_file:
-                raise KeyError(f"{self.files.query}: no group {self.query_group!r}")
-            group = query_file[self.query_group]
-            cap_ids = [cap_id for captions in self.captions for cap_id in captions]
-            for cap_id in cap_ids:
-                if entry_name(cap_id) not in group:
-                    raise KeyError(f"{self.files.query}: caption {cap_id!r} missing from group {self.query_group!r}")
-            return self.common_feature_dim(group, cap_ids, self.files.query)
+        group = self.query_file.group(self.query_group)
+        missing = [cap_id for captions in self.captions for cap_id in captions if cap_id not in group]
+        if missing:
+            raise FeatureFileError(f"{self.files.query}: caption {missing[0]!r} missing from group "
+                                   f"{self.query_group!r} ({len(missing)} captions missing)")
+        return group.dim
 
     def check_subtitle_file(self) -> int:
-        with h5py.File(self.files.subtitle, "r") as subtitle_file:
-            for video_id, num_frames in zip(self.video_ids, self.num_frames):
-                for group in ("features", "mask"):
-                    if entry_name(video_id, group) not in subtitle_file:
-                        raise KeyError(f"{self.files.subtitle}: video {video_id!r} missing from group {group!r}")
-                subtitle_frames = subtitle_file[entry_name(video_id, "features")].shape[0]
-                if subtitle_frames != num_frames:
-                    raise ValueError(f"{self.files.subtitle}: video {video_id!r} has {subtitle_frames} subtitle"
-                                     f" samples but {num_frames} visual samples in {self.files.video}")
-            return self.common_feature_dim(subtitle_file["features"], self.video_ids, self.files.subtitle)
-
-    def handle(self, name: str) -> h5py.File:
-        """This process's open handle of feature file `name` ('video', 'query' or 'subtitle')."""
-        if self.handles_pid != os.getpid():
-            self.handles = {}  # inherited from a parent process: never reuse across a fork
-            self.handles_pid = os.getpid()
-        if name not in self.handles:
-            self.handles[name] = h5py.File(getattr(self.files, name), "r")
-        return self.handles[name]
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["handles"], state["handles_pid"] = {}, None
-        return state
+        features, mask = self.subtitle_file.group("features"), self.subtitle_file.group("mask")
+        for group in (features, mask):
+            missing = [video_id for video_id in self.video_ids if video_id not in group]
+            if missing:
+                raise FeatureFileError(f"{self.files.subtitle}: video {missing[0]!r} missing from group "
+                                       f"{group.name!r}")
+        subtitle_frames = features.lengths[[features.position(video_id) for video_id in self.video_ids]]
+        for video_id, samples, num_frames in zip(self.video_ids, subtitle_frames, self.num_frames):
+            if samples != num_frames:
+                raise ValueError(f"{self.files.subtitle}: video {video_id!r} has {samples} subtitle"
+                                 f" samples but {num_frames} visual samples in {self.files.video}")
+        self.subtitle_file.close()
+        return features.dim
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -179,23 +156,23 @@ class VideoCaptionDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         video_id = self.video_ids[index]
         item = {"video_index": index, "video_id": video_id, "cap_ids": self.captions[index]}
-        subtitles = self.handle("subtitle") if self.use_subtitles else None
-        item["clips"] = torch.from_numpy(video_clips(self.handle("video"), subtitles, video_id, self.map_size))
-        if subtitles is not None:
-            mask = subtitles[entry_name(video_id, "mask")][()].astype(np.float32)[:, None]  # (T, 1)
+        item["clips"] = torch.from_numpy(video_clips(self.video_file, self.subtitle_file, video_id, self.map_size))
+        if self.subtitle_file is not None:
+            mask = self.subtitle_file.group("mask").read(video_id).astype(np.float32)[:, None]  # (T, 1)
             item["subtitle_mask"] = torch.from_numpy(bin_clips(mask, self.map_size)[:, 0])  # (N,) fraction
-        group = self.handle("query")[self.query_group]
-        item["queries"] = [torch.from_numpy(group[entry_name(cap_id)][()]) for cap_id in self.captions[index]]
+        queries = self.query_file.group(self.query_group).gather(self.captions[index])
+        item["queries"] = [torch.from_numpy(query) for query in queries]
         return item
 
 
-def video_clips(video_file: h5py.File, subtitle_file: h5py.File | None, video_id: str, map_size: int) -> np.ndarray:
+def video_clips(video_file: FeatureFile, subtitle_file: FeatureFile | None, video_id: str,
+                map_size: int) -> np.ndarray:
     """(N, Dv [+ Ds]) binned clip features of one video: its visual features, with its subtitle features
     beside them when the model reads subtitles (all zero for a video without any, as SubtitleFeatures
     writes them). Training, evaluation and the search index all build a video's input here."""
-    frames = video_file[entry_name(video_id)][()]  # (T, Dv)
+    frames = video_file.group().read(video_id)  # (T, Dv)
     if subtitle_file is not None:
-        frames = np.concatenate([frames, subtitle_file[entry_name(video_id, "features")][()]], axis=1)  # (T, Dv+Ds)
+        frames = np.concatenate([frames, subtitle_file.group("features").read(video_id)], axis=1)  # (T, Dv+Ds)
     return bin_clips(frames, map_size)
 
 

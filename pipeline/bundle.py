@@ -27,8 +27,8 @@ import numpy as np
 from amdnet.atomic import atomic_path, write_jsonl_atomic, write_text_atomic
 from pipeline.datasets import SPLITS, AnnotationError
 from pipeline.paths import confined, opaque_name, plain_name
-from pipeline.store import FeatureWriter, entry_name
 from pipeline.text_files import text_lines
+from storage import QUERY_GROUPS, FeatureFile, FeatureWriter
 
 log = logging.getLogger("pipeline")
 
@@ -209,7 +209,8 @@ def import_bundle(layout: BundleLayout, out_dir: Path, rows_per_second: float, a
     queries = _read_captions(layout)
     with _VideoSource(layout) as videos, h5py.File(layout.query_file, "r") as query_file:
         missing_videos = sorted({q["video_id"] for q in queries} - videos.ids)
-        query_keys = {q["cap_id"]: _query_key(query_file, q["cap_id"]) for q in queries}
+        keys = set(query_file)  # listed once: a lookup per caption would cost an HDF5 call each
+        query_keys = {q["cap_id"]: _query_key(keys, q["cap_id"]) for q in queries}
         missing_captions = sorted(cap_id for cap_id, key in query_keys.items() if key is None)
         kept = [q for q in queries if q["video_id"] in videos.ids and query_keys[q["cap_id"]] is not None]
         _check_splits_filled(kept, layout)
@@ -221,8 +222,9 @@ def import_bundle(layout: BundleLayout, out_dir: Path, rows_per_second: float, a
     splits: dict[str, set[str]] = {}
     for query in kept:
         splits.setdefault(query["video_id"], set()).add(query["split"])
+    source = str(layout.video_source)
     write_jsonl_atomic(out_dir / "videos.jsonl", [  # a video in val and test is listed under test, as datasets do
-        {"video_id": video_id, "path": str(layout.video_source), "duration": video_rows[video_id] / rows_per_second,
+        {"video_id": video_id, "path": source, "duration": video_rows[video_id] / rows_per_second,
          "split": "test" if "test" in splits[video_id] else min(splits[video_id])} for video_id in video_ids])
     for what, ids in (("videos without features", missing_videos), ("captions without features", missing_captions)):
         if ids:
@@ -231,9 +233,9 @@ def import_bundle(layout: BundleLayout, out_dir: Path, rows_per_second: float, a
             "missing": {"video_features": missing_videos, "query_features": missing_captions}}
 
 
-def _query_key(query_file: h5py.File, cap_id: str) -> str | None:
+def _query_key(keys: set[str], cap_id: str) -> str | None:
     for key in (cap_id, _short_caption_key(cap_id)):
-        if key in query_file:
+        if key in keys:
             return key
     return None
 
@@ -267,24 +269,31 @@ class _VideoSource:
 
     def __getitem__(self, video_id: str) -> np.ndarray:
         if self._file is not None:
-            return self._file[video_id][()]
+            return _read_keyed(self._file, video_id)
         return self.rows.video(video_id, self.video2frames[video_id])
+
+    def row_count(self, video_id: str) -> int:
+        """T of a video, without reading its rows."""
+        if self._file is not None:
+            return self._file[video_id].shape[0]
+        return len(self.video2frames[video_id])
 
 
 def _write_videos(videos: _VideoSource, video_ids: list[str], path: Path, rows_per_second: float,
                   attrs: dict) -> dict[str, int]:
-    """One (T, D) dataset per video with sample timestamps; returns T per video."""
-    counts = {}
+    """A (T, D) entry per video with sample timestamps; returns T per video."""
     dim = np.shape(videos[video_ids[0]])[-1]
+    source = videos.layout.video_source  # resolved once: it is only named in errors
     with FeatureWriter(path, {**attrs, "dim": dim}) as writer:
         for video_id in video_ids:
+            if writer.done(video_id):  # written before an interruption
+                continue
             features = np.asarray(videos[video_id], dtype=np.float32)  # (T, D)
-            _check_shape(features, 2, dim, f"{videos.layout.video_source}: video {video_id!r}")
+            _check_shape(features, 2, dim, f"{source}: video {video_id!r}")
             timestamps = (np.arange(len(features)) + 0.5) / rows_per_second
             writer.write(video_id, features, timestamps=timestamps, duration=len(features) / rows_per_second)
-            counts[video_id] = len(features)
         writer.finish()
-    return counts
+    return {video_id: videos.row_count(video_id) for video_id in video_ids}
 
 
 def _write_queries(query_file: h5py.File, layout: BundleLayout, queries: list[dict], keys: dict[str, str],
@@ -294,16 +303,28 @@ def _write_queries(query_file: h5py.File, layout: BundleLayout, queries: list[di
     ndim = 2 if layout.query == "roberta" else 1
     layer = -2 if layout.query == "roberta" else -1
     dim = np.shape(query_file[keys[queries[0]["cap_id"]]])[-1]
-    with FeatureWriter(path, {**attrs, "model": f"bundle:{layout.query}", "dim": dim, "layer": layer}) as writer:
-        for query in queries:
-            features = np.asarray(query_file[keys[query["cap_id"]]][()], dtype=np.float32)
+    source = layout.query_file  # resolved once: it is only named in errors
+    with FeatureWriter(path, {**attrs, "model": f"bundle:{layout.query}", "dim": dim, "layer": layer},
+                       groups=QUERY_GROUPS) as writer:
+        for query in (query for query in queries if not writer.done(query["cap_id"])):
+            features = _read_keyed(query_file, keys[query["cap_id"]]).astype(np.float32, copy=False)
             if ndim == 1 and features.shape[:1] == (1,):
                 features = features.reshape(-1)  # some releases store the CLIP vector as (1, D)
-            _check_shape(features, ndim, dim, f"{layout.query_file}: caption {keys[query['cap_id']]!r}")
+            _check_shape(features, ndim, dim, f"{source}: caption {keys[query['cap_id']]!r}")
             tokens = features if ndim == 2 else features[None]  # (L, D)
             writer.write(query["cap_id"], tokens, group="tokens")
             writer.write(query["cap_id"], tokens.mean(axis=0), group="pooled")  # (D,)
         writer.finish()
+
+
+def _read_keyed(file: h5py.File, key: str) -> np.ndarray:
+    """The dataset ``key`` of a bundle file, read through h5py's low-level calls: the bundle has one
+    dataset per caption, and ``file[key][()]`` costs several times more per dataset."""
+    dataset = h5py.h5d.open(file.id, key.encode())
+    array = np.empty(dataset.shape, dataset.dtype)
+    if array.size:
+        dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, array)
+    return array
 
 
 def _check_shape(features: np.ndarray, ndim: int, dim: int, where: str) -> None:
@@ -343,10 +364,11 @@ def export_bundle(video_features: Path, query_features: Path, queries: list[dict
     text_dir, feature_dir = layout.root / "TextData", layout.root / "FeatureData"
     text_dir.mkdir(parents=True, exist_ok=True)
     feature_dir.mkdir(parents=True, exist_ok=True)
-    with h5py.File(video_features, "r") as video_file, h5py.File(query_features, "r") as query_file:
+    with FeatureFile(video_features) as video_file, FeatureFile(query_features) as query_file:
+        video_group, tokens, pooled = video_file.group(), query_file.group("tokens"), query_file.group("pooled")
         unexportable = sorted({q["video_id"] for q in queries if not _exportable_id(q["video_id"])})
-        kept = [q for q in queries if _exportable_id(q["video_id"]) and entry_name(q["video_id"]) in video_file
-                and entry_name(q["cap_id"], "pooled") in query_file]
+        kept = [q for q in queries if _exportable_id(q["video_id"]) and q["video_id"] in video_group
+                and q["cap_id"] in pooled]
         renamed, captions = bundle_caption_ids(kept), _one_per_caption(kept)
         _check_one_query_per_id(kept)
         for split in SPLITS:
@@ -354,14 +376,13 @@ def export_bundle(video_features: Path, query_features: Path, queries: list[dict
             write_text_atomic(layout.captions(split), "".join(lines))
         roberta = BundleLayout(layout.root, layout.collection, query="roberta").query_file
         clip = BundleLayout(layout.root, layout.collection, query="clip").query_file
-        _write_h5(roberta, ((renamed[q["cap_id"]], query_file[entry_name(q["cap_id"], "tokens")][()])
-                            for q in captions), dict(query_file.attrs))
-        _write_h5(clip, ((renamed[q["cap_id"]], query_file[entry_name(q["cap_id"], "pooled")][()]) for q in captions),
-                  dict(query_file.attrs))
-        videos = {video_id: video_file[entry_name(video_id)][()]
-                  for video_id in dict.fromkeys(q["video_id"] for q in kept)}
-        _write_h5(BundleLayout(layout.root, layout.collection).video_source, videos.items(),
-                  dict(video_file.attrs))
+        caption_ids = [q["cap_id"] for q in captions]
+        bundle_ids = [renamed[cap_id] for cap_id in caption_ids]
+        write_keyed_h5(roberta, zip(bundle_ids, (array for _, array in tokens.iterate(caption_ids))), query_file.attrs)
+        write_keyed_h5(clip, zip(bundle_ids, (array for _, array in pooled.iterate(caption_ids))), query_file.attrs)
+        video_ids = list(dict.fromkeys(q["video_id"] for q in kept))
+        videos = dict(zip(video_ids, video_group.gather(video_ids)))
+        write_keyed_h5(BundleLayout(layout.root, layout.collection).video_source, videos.items(), video_file.attrs)
     write_bigfile(feature_dir / EXPORTED_BIGFILE, videos)
     write_text_atomic(text_dir / "cap_ids.tsv", "".join(f"{ours}\t{theirs}\n" for ours, theirs in renamed.items()))
     if unexportable:
@@ -386,9 +407,27 @@ def _exportable_id(video_id: str) -> bool:
     return opaque_name(video_id) == video_id and not any(char.isspace() for char in video_id)
 
 
-def _write_h5(path: Path, entries: Iterable[tuple[str, np.ndarray]], attrs: dict) -> None:
+# HDF5 keeps a dataset up to 64 KiB inside its object header ("compact"): no allocation of its own.
+_COMPACT_MAX_BYTES = 60_000
+
+
+def write_keyed_h5(path: Path, entries: Iterable[tuple[str, np.ndarray]], attrs: dict) -> None:
+    """One dataset per key, the layout the reference code reads. Each is made with h5py's low-level
+    calls, compact when small and without modification times: about a third of what ``create_dataset``
+    costs a dataset, which is what this file's writing time is made of (there is one per caption)."""
+    compact, contiguous = (h5py.h5p.create(h5py.h5p.DATASET_CREATE) for _ in range(2))
+    compact.set_layout(h5py.h5d.COMPACT)
+    for plist in (compact, contiguous):
+        plist.set_obj_track_times(False)
+    utf8_names = h5py.h5p.create(h5py.h5p.LINK_CREATE)
+    utf8_names.set_char_encoding(h5py.h5t.CSET_UTF8)
     with atomic_path(path) as temporary:
         with h5py.File(temporary, "w") as file:
             file.attrs.update(attrs)
             for key, array in entries:
-                file.create_dataset(key, data=array)
+                array = np.ascontiguousarray(array)
+                dataset = h5py.h5d.create(file.id, key.encode(), h5py.h5t.py_create(array.dtype),
+                                          h5py.h5s.create_simple(array.shape), lcpl=utf8_names,
+                                          dcpl=compact if array.nbytes <= _COMPACT_MAX_BYTES else contiguous)
+                if array.size:
+                    dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, array)

@@ -24,8 +24,8 @@ from extractors.subtitles import pool_subtitles
 from extractors.text_policy import is_blank, over_limit, truncation_note
 from pipeline.backbones import items_per_batch, text_encoder, visual_extractor_options
 from pipeline.stage import StageFailed
-from pipeline.store import FeatureWriter
 from pipeline.video_cache import VideoCache, read_feature_entry, write_feature_entry
+from storage import QUERY_GROUPS, SUBTITLE_GROUPS, FeatureWriter
 
 log = logging.getLogger("pipeline")
 
@@ -333,7 +333,7 @@ def assemble_visual_features(videos: list[dict], visual: dict, cache: VideoCache
                 decoders[video["video_id"]] = "pyav"
             if not writer.done(video["video_id"]):
                 writer.write(video["video_id"], features, timestamps=entry_attrs["timestamps"],
-                             duration=video["duration"])
+                             duration=float(video["duration"]))
         writer.finish()
     return {"inputs": {"videos": len(videos)}, "failures": failures, "decoders": decoders, "dim": dim}
 
@@ -387,11 +387,12 @@ def _check_failures(failures: dict[str, str], total: int, max_fraction: float) -
 
 def encode_queries(queries: list[dict], text: dict, out_path: Path, attrs: dict) -> dict:
     """Token features (L, D) and a pooled vector (D,) per caption id."""
+    captions = list({query["cap_id"]: query for query in queries}.values())  # one listed in two splits: once
     encoder = text_encoder(text)
-    with FeatureWriter(out_path, {**attrs, "model": text["model"], "dim": encoder.dim,
-                                  "layer": text["layer"]}) as writer:
-        todo = [query for query in queries if not writer.done(query["cap_id"], group="pooled")]
-        _log_resume(attrs["stage"], len(queries) - len(todo), len(queries), "queries")
+    with FeatureWriter(out_path, {**attrs, "model": text["model"], "dim": encoder.dim, "layer": text["layer"]},
+                       groups=QUERY_GROUPS) as writer:
+        todo = [query for query in captions if not writer.done(query["cap_id"])]
+        _log_resume(attrs["stage"], len(captions) - len(todo), len(captions), "queries")
         cut = []  # caption ids of the queries the encoder cuts to its limit
         for start in tqdm(range(0, len(todo), _TEXT_CHUNK), desc="query features", unit="chunk"):
             chunk = todo[start:start + _TEXT_CHUNK]
@@ -412,9 +413,9 @@ def encode_subtitles(videos: list[dict], subtitles: list[dict], text: dict, visu
 
     encoder = text_encoder(text)
     sentences_of = {entry["video_id"]: entry["sub"] for entry in subtitles}
-    with FeatureWriter(out_path, {**attrs, "model": text["model"], "dim": encoder.dim,
-                                  "layer": text["layer"]}) as writer:
-        todo = [video for video in videos if not writer.done(video["video_id"], group="mask")]
+    with FeatureWriter(out_path, {**attrs, "model": text["model"], "dim": encoder.dim, "layer": text["layer"]},
+                       groups=SUBTITLE_GROUPS) as writer:
+        todo = [video for video in videos if not writer.done(video["video_id"])]
         _log_resume(attrs["stage"], len(videos) - len(todo), len(videos), "videos")
         cut_lines = 0  # subtitle lines the encoder cuts to its limit
         for video in tqdm(todo, desc="subtitle features", unit="video"):

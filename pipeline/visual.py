@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 from tqdm import tqdm
 
@@ -19,8 +18,8 @@ from amdnet.atomic import write_jsonl_atomic
 from extractors.decode import sample_times
 from extractors.pooling import clip_grid, concat_feature_parts, pool_frames_to_clips
 from pipeline.stage import StageFailed
-from pipeline.store import FeatureWriter, entry_name
 from pipeline.video_cache import VideoCache
+from storage import FeatureFile, FeatureWriter, RaggedGroup
 
 def feature_grid(duration: float, visual: dict) -> tuple[np.ndarray, float]:
     """Times (T,) of the recipe's features for a video, and their rate (features per second)."""
@@ -34,15 +33,17 @@ def combine_parts(videos: list[dict], parts: dict[str, tuple[Path, str]], clip_s
                   out_path: Path, attrs: dict) -> dict:
     """The parts pooled onto clips of ``clip_seconds`` and concatenated, in one features file;
     ``parts`` maps name -> (features file, pool mode)."""
-    files = {name: h5py.File(path, "r") for name, (path, _) in parts.items()}
+    files = {name: FeatureFile(path) for name, (path, _) in parts.items()}
+    groups = {name: f.group() for name, f in files.items()}
     try:
-        complete = [v for v in videos if all(entry_name(v["video_id"]) in f for f in files.values())]
-        dims = {name: next(iter(f.values())).shape[1] for name, f in files.items() if len(f)}
+        complete = [v for v in videos if all(v["video_id"] in group for group in groups.values())]
+        dims = {name: group.dim for name, group in groups.items() if len(group)}
         with FeatureWriter(out_path, {**attrs, "parts": list(parts), "dim": sum(dims.values()),
                                       "backbone": "+".join(f.attrs["backbone"] for f in files.values())}) as writer:
-            for video in tqdm(complete, desc="combine visual parts", unit="video"):
-                features, timestamps = _combined(video, files, parts, clip_seconds)
-                writer.write(video["video_id"], features, timestamps=timestamps, duration=video["duration"])
+            for video in tqdm([v for v in complete if not writer.done(v["video_id"])], desc="combine visual parts",
+                              unit="video"):
+                features, timestamps = _combined(video, groups, parts, clip_seconds)
+                writer.write(video["video_id"], features, timestamps=timestamps, duration=float(video["duration"]))
             writer.finish()
     finally:
         for f in files.values():
@@ -51,12 +52,12 @@ def combine_parts(videos: list[dict], parts: dict[str, tuple[Path, str]], clip_s
     return {"inputs": {"videos": len(videos), "parts": dims}, "missing": missing}
 
 
-def _combined(video: dict, files: dict[str, h5py.File], parts: dict[str, tuple[Path, str]],
+def _combined(video: dict, groups: dict[str, RaggedGroup], parts: dict[str, tuple[Path, str]],
               clip_seconds: float) -> tuple[np.ndarray, np.ndarray]:
-    key = entry_name(video["video_id"])
+    video_id = video["video_id"]
     spans = clip_grid(video["duration"], clip_seconds)  # (C, 2)
-    pooled = [pool_frames_to_clips(f[key][()], f[key].attrs["timestamps"], spans, parts[name][1])
-              for name, f in files.items()]  # each (C, D_part)
+    pooled = [pool_frames_to_clips(group.read(video_id), group.read(video_id, "timestamps"), spans, parts[name][1])
+              for name, group in groups.items()]  # each (C, D_part)
     features = concat_feature_parts(pooled) if len(pooled) > 1 else pooled[0]
     return features, spans.mean(axis=1)
 

@@ -50,11 +50,11 @@ from amdnet.config import resolve_device
 from amdnet.data import video_clips
 from amdnet.evaluate import load_model
 from amdnet.moments import clip_spans
-from pipeline.store import entry_name
 from pipeline.superseded import ReaderHold, SupersededFolder, held_for_reading
 from pipeline.video_cache import VideoCache
 from search.approximate import (APPROXIMATE_FILE, ApproximateSettings, build_approximate, choose_method,
                                 needs_retraining, update_approximate)
+from storage import FeatureFile
 
 log = logging.getLogger("search")
 
@@ -78,13 +78,15 @@ class Features:
 
 @contextmanager
 def read_features(video_features: Path, subtitle_features: Path | None) -> Iterator[Features]:
-    with h5py.File(video_features, "r") as video_file, \
-            (h5py.File(subtitle_features, "r") if subtitle_features is not None else nullcontext()) as subtitle_file:
-        def clips(video_id: str, map_size: int) -> tuple[np.ndarray, int]:
-            return (video_clips(video_file, subtitle_file, video_id, map_size),
-                    video_file[entry_name(video_id)].shape[0])
+    with FeatureFile(video_features) as video_file, \
+            (FeatureFile(subtitle_features) if subtitle_features is not None else nullcontext()) as subtitle_file:
+        videos = video_file.group()
+        frames = dict(zip(videos.ids, videos.lengths.tolist()))  # video id -> T
 
-        yield Features({name for name in video_file}, str(video_file.attrs.get("backbone", "unknown")), clips)
+        def clips(video_id: str, map_size: int) -> tuple[np.ndarray, int]:
+            return video_clips(video_file, subtitle_file, video_id, map_size), frames[video_id]
+
+        yield Features(set(frames), str(video_file.attrs.get("backbone", "unknown")), clips)
 
 
 def build_index(checkpoint: Path, videos: list[dict], video_features: Path, subtitle_features: Path | None,
@@ -105,8 +107,8 @@ def build_index(checkpoint: Path, videos: list[dict], video_features: Path, subt
     previous = previous if held is not None else None
     with read_features(video_features, subtitle_features if train_config.use_subtitles else None) as features, \
             (held or nullcontext()):
-        present = [video for video in videos if entry_name(video["video_id"]) in features.present]
-        missing = [video["video_id"] for video in videos if entry_name(video["video_id"]) not in features.present]
+        present = [video for video in videos if video["video_id"] in features.present]
+        missing = [video["video_id"] for video in videos if video["video_id"] not in features.present]
         if not present:
             raise ValueError(f"{video_features}: none of the {len(videos)} videos to index has visual features")
         playable = [playable_source(video, proxies) for video in present]

@@ -1,6 +1,6 @@
 import json
+import pickle
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -10,6 +10,7 @@ from amdnet import FeatureFiles
 from amdnet.data import (VideoCaptionDataset, bin_clips, clip_statistics, collate_videos_with_captions,
                          read_queries)
 from amdnet.synthetic import SyntheticCorpusSpec, write_synthetic_corpus
+from storage import SUBTITLE_GROUPS, FeatureFile, FeatureFileError, FeatureWriter
 
 
 def binned_by_hand(features: np.ndarray, map_size: int) -> np.ndarray:
@@ -48,25 +49,30 @@ def corpus(tmp_path_factory):
 
 
 def write_subtitles(path, video_file):
-    with h5py.File(video_file, "r") as videos, h5py.File(path, "w") as subtitles:
-        for video_id in videos:
-            n_frames = videos[video_id].shape[0]
-            subtitles[f"features/{video_id}"] = np.ones((n_frames, 2), dtype=np.float32)
-            subtitles[f"mask/{video_id}"] = (np.arange(n_frames) % 2).astype(np.uint8)
+    videos = FeatureFile(video_file).group()
+    with FeatureWriter(path, {}, groups=SUBTITLE_GROUPS) as subtitles:
+        for video_id, n_frames in zip(videos.ids, videos.lengths):
+            subtitles.write(video_id, np.ones((n_frames, 2), dtype=np.float32), group="features")
+            subtitles.write(video_id, (np.arange(n_frames) % 2).astype(np.uint8), group="mask")
+        subtitles.finish()
 
 
-def test_dataset_groups_captions_by_video_and_opens_files_lazily(corpus):
+def test_dataset_groups_captions_by_video_and_reads_in_every_process(corpus):
     files, queries_path = corpus
     dataset = VideoCaptionDataset(files, queries_path, "train")
-    assert dataset.handles == {}  # nothing open before a DataLoader could fork
     assert len(dataset) == 5 and dataset.video_dim == 6 and dataset.query_dim == 4
     item = dataset[2]
     assert item["video_id"] == "train_video000002"
     assert item["cap_ids"] == ["train_video000002#enc#0", "train_video000002#enc#1"]
     assert item["clips"].shape == (32, 6)
-    with h5py.File(files.video, "r") as videos, h5py.File(files.query, "r") as queries:
-        np.testing.assert_allclose(item["clips"].numpy(), bin_clips(videos["train_video000002"][()]))
-        np.testing.assert_array_equal(item["queries"][1].numpy(), queries["pooled/train_video000002#enc#1"][()])
+    videos, queries = FeatureFile(files.video).group(), FeatureFile(files.query).group("pooled")
+    np.testing.assert_allclose(item["clips"].numpy(), bin_clips(videos.read("train_video000002")))
+    np.testing.assert_array_equal(item["queries"][1].numpy(), queries.read("train_video000002#enc#1"))
+    # Worker processes (forked, or given a pickled copy) open the files themselves and read the same.
+    workers = DataLoader(dataset, batch_size=None, num_workers=2)
+    for index, (direct, in_worker) in enumerate(zip([dataset[i] for i in range(len(dataset))], workers)):
+        assert torch.equal(direct["clips"], in_worker["clips"]), index
+    torch.testing.assert_close(pickle.loads(pickle.dumps(dataset))[2]["clips"], item["clips"], rtol=0, atol=0)
 
 
 def test_collate_pads_tokens_and_maps_captions_to_videos(corpus):
@@ -79,12 +85,12 @@ def test_collate_pads_tokens_and_maps_captions_to_videos(corpus):
     assert batch["caption_to_video"].tolist() == [0, 0, 1, 1, 2, 2]
     lengths = batch["token_mask"].sum(dim=1)
     assert lengths.max() == max_tokens
-    with h5py.File(files.query, "r") as queries:
-        for row, cap_id in enumerate(batch["cap_ids"]):
-            tokens = queries[f"tokens/{cap_id}"][()]
-            assert lengths[row] == tokens.shape[0]
-            np.testing.assert_array_equal(batch["queries"][row, :len(tokens)].numpy(), tokens)
-            assert torch.all(batch["queries"][row, len(tokens):] == 0)
+    queries = FeatureFile(files.query).group("tokens")
+    for row, cap_id in enumerate(batch["cap_ids"]):
+        tokens = queries.read(cap_id)
+        assert lengths[row] == tokens.shape[0]
+        np.testing.assert_array_equal(batch["queries"][row, :len(tokens)].numpy(), tokens)
+        assert torch.all(batch["queries"][row, len(tokens):] == 0)
 
 
 def test_subtitles_are_concatenated_and_binned_like_the_video(corpus, tmp_path):
@@ -106,7 +112,7 @@ def test_missing_caption_feature_names_the_caption_and_file(corpus, tmp_path):
     extra = {"cap_id": "train_video000000#enc#9", "video_id": "train_video000000", "text": "x",
              "ts": None, "split": "train"}
     broken.write_text(queries_path.read_text() + json.dumps(extra) + "\n")
-    with pytest.raises(KeyError, match=r"train_video000000#enc#9.*pooled|queries.h5.*train_video000000#enc#9"):
+    with pytest.raises(FeatureFileError, match=r"queries.h5: caption 'train_video000000#enc#9' missing from group 'pooled'"):
         VideoCaptionDataset(files, broken, "train")
 
 

@@ -11,6 +11,7 @@ import pytest
 import tasks
 from pipeline.bundle import BundleError, BundleLayout, import_bundle
 from pipeline.datasets import AnnotationError, read_jsonl
+from storage import FeatureFile
 
 SPLIT_VIDEOS = {"train": [f"tv{i}" for i in range(6)], "val": ["va0", "va1"], "test": ["te0", "te1", "te2"]}
 VIDEO_DIM, QUERY_DIM = 12, 8
@@ -68,13 +69,14 @@ def test_bundle_trains_and_evaluates_through_full_pipeline_and_exports(make_conf
 
     assert run_stages.build([tasks.FullPipeline(dataset=str(config))]) == ["bundle", "evaluate", "train"]
     imported = tasks.ImportBundle(dataset=str(config))
-    with h5py.File(imported.video_features) as f:
-        assert sorted(f) == sorted(videos)
-        np.testing.assert_array_equal(f["tv3"][()], videos["tv3"])  # BigFile rows in video2frames order
-        assert f["tv3"].attrs["duration"] == pytest.approx(len(videos["tv3"]) * 1.5)
-    with h5py.File(imported.query_features) as f:
-        assert f["tokens/va1#enc#1"].shape[1] == QUERY_DIM  # found under its short key va1#1
-        np.testing.assert_allclose(f["pooled/va1#enc#1"][()], f["tokens/va1#enc#1"][()].mean(axis=0))
+    video_features = FeatureFile(imported.video_features).group()
+    assert sorted(video_features.ids) == sorted(videos)
+    np.testing.assert_array_equal(video_features.read("tv3"), videos["tv3"])  # BigFile rows in video2frames order
+    assert video_features.column("duration")[video_features.position("tv3")] == pytest.approx(len(videos["tv3"]) * 1.5)
+    query_features = FeatureFile(imported.query_features)
+    tokens = query_features.group("tokens").read("va1#enc#1")
+    assert tokens.shape[1] == QUERY_DIM  # found under its short key va1#1
+    np.testing.assert_allclose(query_features.group("pooled").read("va1#enc#1"), tokens.mean(axis=0))
     metrics = json.loads((tasks.Evaluate(dataset=str(config)).out_dir / "metrics.json").read_text())
     assert (metrics["split"], metrics["n_queries"], metrics["n_videos"]) == ("test", 6, 3)
 
@@ -92,17 +94,17 @@ def test_bundle_trains_and_evaluates_through_full_pipeline_and_exports(make_conf
 
 
 def _assert_same_features(imported, again: Path, tokens: bool) -> None:
-    with h5py.File(imported.video_features) as first, h5py.File(again / "video_features.h5") as second:
-        assert sorted(first) == sorted(second)
-        for vid in first:
-            np.testing.assert_array_equal(first[vid][()], second[vid][()])
-            np.testing.assert_array_equal(first[vid].attrs["timestamps"], second[vid].attrs["timestamps"])
-    with h5py.File(imported.query_features) as first, h5py.File(again / "query_features.h5") as second:
-        assert sorted(first["pooled"]) == sorted(second["pooled"])
-        for cap_id in first["pooled"]:
-            np.testing.assert_allclose(first[f"pooled/{cap_id}"][()], second[f"pooled/{cap_id}"][()], rtol=1e-6)
-            if tokens:
-                np.testing.assert_array_equal(first[f"tokens/{cap_id}"][()], second[f"tokens/{cap_id}"][()])
+    first, second = FeatureFile(imported.video_features).group(), FeatureFile(again / "video_features.h5").group()
+    assert sorted(first.ids) == sorted(second.ids)
+    for vid in first.ids:
+        np.testing.assert_array_equal(first.read(vid), second.read(vid))
+        np.testing.assert_array_equal(first.read(vid, "timestamps"), second.read(vid, "timestamps"))
+    first, second = FeatureFile(imported.query_features), FeatureFile(again / "query_features.h5")
+    assert sorted(first.group("pooled").ids) == sorted(second.group("pooled").ids)
+    for cap_id in first.group("pooled").ids:
+        np.testing.assert_allclose(first.group("pooled").read(cap_id), second.group("pooled").read(cap_id), rtol=1e-6)
+        if tokens:
+            np.testing.assert_array_equal(first.group("tokens").read(cap_id), second.group("tokens").read(cap_id))
 
 
 def test_missing_features_are_reported_and_left_out(tmp_path):
@@ -154,8 +156,7 @@ def test_a_caption_in_val_and_test_is_one_query_unless_its_text_differs(tmp_path
     queries = read_jsonl(tmp_path / "queries.jsonl")
     assert report["inputs"]["queries_kept"] == len(queries) == 24
     assert [q["cap_id"] for q in queries if q["split"] == "val"] == [q["cap_id"] for q in queries if q["split"] == "test"]
-    with h5py.File(tmp_path / "query_features.h5") as f:
-        assert len(f["pooled"]) == 18  # 12 train + 6 shared val/test captions, each once
+    assert len(FeatureFile(tmp_path / "query_features.h5").group("pooled")) == 18  # 12 train + 6 val/test, each once
     assert {v["video_id"]: v["split"] for v in read_jsonl(tmp_path / "videos.jsonl")}["te0"] == "test"
 
     lines = (text_dir / "minival.caption.txt").read_text().splitlines()

@@ -13,7 +13,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import h5py
 import luigi
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ import tasks
 from conftest import make_tiny_config
 from luigi.task_register import Register
 from luigid import REPO, central_scheduler, start_worker  # noqa: F401 (central_scheduler is a fixture)
+from storage import FeatureFile
 
 SHARDS = 4
 
@@ -36,8 +36,7 @@ def _task_args(config, overrides=""):
 
 
 def _features(path: Path) -> dict[str, np.ndarray]:
-    with h5py.File(path) as f:
-        return {name: f[name][()] for name in f}
+    return dict(FeatureFile(path).group().items())
 
 
 @pytest.fixture(scope="module")

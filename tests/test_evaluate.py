@@ -1,7 +1,6 @@
 """Evaluate's scores, ranks, predictions and moment metrics, each checked against an independent computation."""
 import json
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -13,6 +12,7 @@ from amdnet.evaluate import encode_split, load_model, rank_split
 from amdnet.moments import SPAN_RULES
 from amdnet.synthetic import SAMPLE_FPS, SyntheticCorpusSpec, write_synthetic_corpus
 from amdnet.train import save_checkpoint
+from storage import FeatureFile
 
 MODEL = ModelConfig(hidden_size=16, map_size=8, n_moments=4, input_dropout=0.0, dropout=0.0)
 N_VIDEOS, CAPTIONS_PER_VIDEO, SEGMENTS = 12, 3, 4
@@ -28,12 +28,12 @@ def corpus(tmp_path_factory):
                                segments_per_video=SEGMENTS, seed=3)
     files, queries_path = write_synthetic_corpus(tmp_path_factory.mktemp("corpus"), spec)
     records = [json.loads(line) for line in queries_path.read_text().splitlines()]
-    with h5py.File(files.video, "r") as video_file:
-        for record in records[1:]:
-            num_frames = video_file[record["video_id"]].shape[0]
-            segment = int(record["text"].split()[1])
-            rows = np.flatnonzero(np.arange(num_frames) * SEGMENTS // num_frames == segment)
-            record["ts"] = [rows[0] / SAMPLE_FPS, (rows[-1] + 1) / SAMPLE_FPS]
+    videos = FeatureFile(files.video).group()
+    for record in records[1:]:
+        num_frames = videos.lengths[videos.position(record["video_id"])]
+        segment = int(record["text"].split()[1])
+        rows = np.flatnonzero(np.arange(num_frames) * SEGMENTS // num_frames == segment)
+        record["ts"] = [rows[0] / SAMPLE_FPS, (rows[-1] + 1) / SAMPLE_FPS]
     queries_path.write_text("".join(json.dumps(record) + "\n" for record in records))
     return files, queries_path, {record["cap_id"]: record["ts"] for record in records}
 
@@ -56,6 +56,11 @@ def randomise_norm_gains(model):
             module.weight.uniform_(0.2, 2.0)
 
 
+def video_durations(files) -> dict[str, float]:
+    videos = FeatureFile(files.video).group()
+    return dict(zip(videos.ids, videos.column("duration")))
+
+
 def read_predictions(out_dir) -> list[dict]:
     return [json.loads(line) for line in (out_dir / "predictions.jsonl").read_text().splitlines()]
 
@@ -63,11 +68,12 @@ def read_predictions(out_dir) -> list[dict]:
 def clip_cosines(model, files, dataset) -> np.ndarray:
     """(Nq, Nv, N) cosines computed independently: raw (unnormalised) outputs of one video at a
     time, normalised in numpy. Asserts that the norms differ, or normalising would not matter."""
-    with torch.no_grad(), h5py.File(files.video, "r") as video_file, h5py.File(files.query, "r") as query_file:
-        clips = np.stack([model.encode_videos(torch.from_numpy(bin_clips(video_file[v][()], MODEL.map_size))[None])
+    videos, pooled = FeatureFile(files.video).group(), FeatureFile(files.query).group("pooled")
+    with torch.no_grad():
+        clips = np.stack([model.encode_videos(torch.from_numpy(bin_clips(videos.read(v), MODEL.map_size))[None])
                           .clip_features[0].numpy() for v in dataset.video_ids]).astype(np.float64)  # (Nv, N, d)
         cap_ids = [c for captions in dataset.captions for c in captions]
-        queries = model.encode_queries(torch.stack([torch.from_numpy(query_file["pooled"][c][()]) for c in cap_ids]))
+        queries = model.encode_queries(torch.stack([torch.from_numpy(pooled.read(c)) for c in cap_ids]))
     queries = queries.numpy().astype(np.float64)  # (Nq, d)
     clip_norms, query_norms = np.linalg.norm(clips, axis=-1), np.linalg.norm(queries, axis=-1)
     assert np.ptp(clip_norms, axis=1).min() > 0.05 and np.ptp(query_norms) > 0.1, \
@@ -101,15 +107,15 @@ def test_best_clip_spans_are_the_rows_of_the_clip_that_matches_best(corpus, tmp_
     dataset = VideoCaptionDataset(files, queries_path, "test", map_size=MODEL.map_size)
     best_clip = clip_cosines(model, files, dataset).argmax(axis=2)  # (Nq, Nv)
     position = {video_id: index for index, video_id in enumerate(dataset.video_ids)}
-    with h5py.File(files.video, "r") as video_file:
-        for query, prediction in enumerate(read_predictions(tmp_path)):
-            for entry in prediction["top10"]:
-                video = position[entry["video_id"]]
-                num_frames = dataset.num_frames[video]
-                weights = bin_clips(np.eye(num_frames, dtype=np.float32), MODEL.map_size)[best_clip[query, video]]
-                rows = np.flatnonzero(weights)
-                seconds_per_row = video_file[entry["video_id"]].attrs["duration"] / num_frames
-                assert entry["span"] == pytest.approx([rows[0] * seconds_per_row, (rows[-1] + 1) * seconds_per_row])
+    durations = video_durations(files)
+    for query, prediction in enumerate(read_predictions(tmp_path)):
+        for entry in prediction["top10"]:
+            video = position[entry["video_id"]]
+            num_frames = dataset.num_frames[video]
+            weights = bin_clips(np.eye(num_frames, dtype=np.float32), MODEL.map_size)[best_clip[query, video]]
+            rows = np.flatnonzero(weights)
+            seconds_per_row = durations[entry["video_id"]] / num_frames
+            assert entry["span"] == pytest.approx([rows[0] * seconds_per_row, (rows[-1] + 1) * seconds_per_row])
 
 
 def test_tied_scores_rank_by_video_index_in_ranks_and_top10(corpus, tmp_path):
@@ -172,9 +178,9 @@ def test_moment_metrics_measure_the_spans_predictions_show(corpus, tmp_path, spa
     assert used["mean IoU top-1"] == pytest.approx(np.mean(top1))
 
     # The whole-video baseline, from the ground truth alone: IoU = moment length / video length.
-    with h5py.File(files.video, "r") as video_file:
-        whole_ious = {p["cap_id"]: (truths[p["cap_id"]][1] - truths[p["cap_id"]][0])
-                      / video_file[p["video_id"]].attrs["duration"] for p in predictions}
+    durations = video_durations(files)
+    whole_ious = {p["cap_id"]: (truths[p["cap_id"]][1] - truths[p["cap_id"]][0]) / durations[p["video_id"]]
+                  for p in predictions}
     whole_hits = sum(ranks[c] <= 100 and whole_ious[c] >= 0.5 for c in whole_ious)
     assert moments["rules"]["whole"]["IoU>=0.5 R@100"] == pytest.approx(100 * whole_hits / len(predictions))
     assert moments["rules"]["whole"]["mean IoU top-1"] == pytest.approx(
@@ -189,8 +195,7 @@ def test_predicted_spans_follow_the_span_rule(corpus, tmp_path):
     for rule in ("whole", "best_clip"):
         evaluate(checkpoint, files, queries_path, "test", tmp_path / rule, device="cpu", span_rule=rule)
         spans[rule] = [entry["span"] for p in read_predictions(tmp_path / rule) for entry in p["top10"]]
-    with h5py.File(files.video, "r") as video_file:
-        durations = {v: video_file[v].attrs["duration"] for v in video_file}
+    durations = video_durations(files)
     whole = [[0.0, durations[entry["video_id"]]] for p in read_predictions(tmp_path / "whole") for entry in p["top10"]]
     np.testing.assert_allclose(spans["whole"], whole, rtol=1e-6)
     # Best clip: one clip of 8 over 20..60 rows: between 2 and 8 rows of 1/3 s.

@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
@@ -10,6 +9,7 @@ from extractors import create_extractor
 from extractors.decode import decode_frames, probe_video, sample_times
 from pipeline.features import _DecodedVideos, _Piece, _VideoBatcher
 from pipeline.video_cache import VideoCache, video_identity, write_feature_entry
+from storage import FeatureFile
 from videos import extract_as_a_stage, make_testsrc_video, run_ffmpeg
 
 FPS, SIZE, BATCH = 4.0, 64, 8
@@ -70,14 +70,14 @@ def test_every_video_gets_the_features_of_decoding_it_alone(videos, clip, tmp_pa
     assert result["inputs"] == {"videos": len(videos)}
     assert sorted(result["decoded"]) == sorted(v["video_id"] for v in videos if v["video_id"] != "broken")
     assert list(result["failures"]) == ["broken"] and "broken.mp4" in result["failures"]["broken"]
-    with h5py.File(out) as features:
-        assert sorted(features) == sorted(v["video_id"] for v in videos if v["video_id"] != "broken")
-        for video in videos[:-1]:
-            expected_features, expected_timestamps = _expected(video, clip)
-            entry = features[video["video_id"]]
-            np.testing.assert_array_equal(entry[()], expected_features)  # bit for bit: nothing else in its batches
-            np.testing.assert_allclose(entry.attrs["timestamps"], expected_timestamps)
-            assert entry.attrs["duration"] == video["duration"]
+    features = FeatureFile(out).group()
+    assert sorted(features.ids) == sorted(v["video_id"] for v in videos if v["video_id"] != "broken")
+    for video in videos[:-1]:
+        expected_features, expected_timestamps = _expected(video, clip)
+        # bit for bit: nothing else in its batches
+        np.testing.assert_array_equal(features.read(video["video_id"]), expected_features)
+        np.testing.assert_allclose(features.read(video["video_id"], "timestamps"), expected_timestamps)
+        assert features.column("duration")[features.position(video["video_id"])] == video["duration"]
 
 
 def test_rerun_skips_videos_already_in_the_cache(videos, tmp_path):
@@ -88,9 +88,9 @@ def test_rerun_skips_videos_already_in_the_cache(videos, tmp_path):
                         pyav=False)
     result, out = extract_as_a_stage([done_before, *videos[1:]], _visual(0), tmp_path, frames_fps=3.0)
     assert done_before["video_id"] not in result["decoded"] and len(result["decoded"]) == len(videos) - 2
-    with h5py.File(out) as features:
-        assert features[done_before["video_id"]].shape == (3, 64)  # taken from the cache, not recomputed
-        assert len(features) == len(videos) - 1
+    features = FeatureFile(out).group()
+    assert features.read(done_before["video_id"]).shape == (3, 64)  # taken from the cache, not recomputed
+    assert len(features) == len(videos) - 1
 
 
 class _BatchSizes:

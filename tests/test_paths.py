@@ -20,7 +20,7 @@ from pipeline.bundle import BundleLayout
 from pipeline.config import ConfigError, load_config
 from pipeline.datasets import AnnotationError, read_dataset, read_jsonl, resolve_data_root
 from pipeline.paths import UnsafePathError, confined, opaque_name, plain_name
-from pipeline.store import entry_name
+from storage import FeatureFile
 from videos import make_testsrc_video
 
 
@@ -54,14 +54,13 @@ def test_opaque_names_are_single_distinct_components():
         assert name and name not in (".", "..") and "/" not in name and "\\" not in name
         assert all(ord(char) >= 0x20 for char in name)
     assert opaque_name("plain") == "plain" and opaque_name("v_abc#enc#0") == "v_abc#enc#0"
-    assert entry_name("a/b", "tokens") == "tokens/a%2Fb"
     for bad in ("a/b", "..", ".", "", "x\\y", "a%b"):
         with pytest.raises(UnsafePathError):
             plain_name(bad)
     assert plain_name("tvr") == "tvr"
 
 
-SAFE_IDS = ["plain", "sub/clip", "a%2Fb"]  # all inside the videos folder: read, stored as opaque keys
+SAFE_IDS = ["plain", "sub/clip", "a%2Fb"]  # all inside the videos folder: read, stored as data
 
 
 def _hostile_dataset(tmp_path: Path) -> tuple[Path, dict[str, int]]:
@@ -99,15 +98,14 @@ def _hostile_config(make_config, root: Path, extra: dict | None = None):
     return make_config(config, name="hostile.yaml")
 
 
-def _assert_flat(path: Path, expected: set[str], group: str | None = None) -> None:
-    """The file's (or group's) entries are exactly `expected`, every one a dataset: no id made a group."""
+def _assert_flat(path: Path, expected: set[str]) -> None:
+    """The (bundle) file's entries are exactly `expected`, every one a dataset: no id made a group."""
     with h5py.File(path, "r") as f:
-        node = f if group is None else f[group]
-        assert set(node) == expected
-        assert all(isinstance(node[name], h5py.Dataset) for name in node)
+        assert set(f) == expected
+        assert all(isinstance(f[name], h5py.Dataset) for name in f)
 
 
-def test_hostile_video_ids_are_refused_recorded_and_stored_as_opaque_keys(make_config, run_stages, tmp_path):
+def test_hostile_video_ids_are_refused_recorded_and_stored_as_data(make_config, run_stages, tmp_path):
     root, refused_lines = _hostile_dataset(tmp_path)
     config = _hostile_config(make_config, root)
     outside_before = sorted(str(p) for p in tmp_path.rglob("*") if "work" not in p.parts)
@@ -125,16 +123,17 @@ def test_hostile_video_ids_are_refused_recorded_and_stored_as_opaque_keys(make_c
     assert [v["video_id"] for v in videos] == SAFE_IDS
     assert all(Path(v["path"]).resolve().is_relative_to((root / "videos").resolve()) for v in videos)
 
-    opaque = {opaque_name(video_id) for video_id in SAFE_IDS}
-    assert opaque == {"plain", "sub%2Fclip", "a%252Fb"}
+    # Feature files hold ids as data (storage): every id as it is, none an HDF5 name.
     part = tasks.VisualPart(dataset=str(config), part="clip")
-    _assert_flat(part.features, opaque)
+    assert FeatureFile(part.features).group().ids == SAFE_IDS
     queries = tasks.QueryFeatures(dataset=str(config))
-    _assert_flat(queries.features, {"0", "1", "2"}, group="pooled")
-    _assert_flat(subtitles.features, opaque, group="features")
-    _assert_flat(subtitles.features, opaque, group="mask")
+    assert sorted(FeatureFile(queries.features).group("pooled").ids) == ["0", "1", "2"]
+    assert FeatureFile(subtitles.features).group("features").ids == SAFE_IDS
+    assert FeatureFile(subtitles.features).group("mask").ids == SAFE_IDS
+    with h5py.File(part.features) as f:
+        assert set(f) == {"data", "ids", "offsets", "timestamps", "duration"}
 
-    # The training data reader finds every video and caption through the same key function.
+    # The training data reader finds every video and caption by its id.
     files = FeatureFiles(video=part.features, query=queries.features, subtitle=subtitles.features)
     data = VideoCaptionDataset(files, dataset.out_dir / "queries.jsonl", "train", use_subtitles=True, map_size=4)
     assert data.video_ids == SAFE_IDS

@@ -9,13 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import pytest
 
 import tasks
 from pipeline.config import load_config
 from pipeline.stage import StageFailed
 from pipeline.video_cache import clean
+from storage import FeatureFile
 
 REPO = Path(__file__).resolve().parent.parent
 ALL_STAGES = sorted(["demo_data", "dataset", "visual-clip", "visual", "queries", "subtitles", "train", "evaluate"])
@@ -65,10 +65,11 @@ def test_stage_manifest_records_what_happened(make_config, run_stages):
     # One per-frame part is used as it is: the visual stage points at the part's file, no copy.
     assert visual.features == part.features and combined["features"] == str(part.features)
     assert not (visual.out_dir / "features.h5").exists()
-    with h5py.File(visual.features) as f:
-        assert len(f) == 8 and f.attrs["fingerprint"] == part.fingerprint and f.attrs["fps"] == 1.0
-        first = sorted(f)[0]
-        assert f[first].shape[1] == f.attrs["dim"] and len(f[first].attrs["timestamps"]) == f[first].shape[0]
+    features = FeatureFile(visual.features)
+    videos = features.group()
+    assert len(videos) == 8 and features.attrs["fingerprint"] == part.fingerprint and features.attrs["fps"] == 1.0
+    first = sorted(videos.ids)[0]
+    assert videos.dim == features.attrs["dim"] and len(videos.read(first, "timestamps")) == len(videos.read(first))
 
 
 def _copy_demo_as_files_dataset(make_config, run_stages, tmp_path):
@@ -105,8 +106,7 @@ def test_corrupt_and_missing_videos_are_recorded_not_fatal(make_config, run_stag
     for video in videos[:3]:
         assert str(video) in failures[video.stem]
     readable = sorted(set(path.stem for path in (root / "videos").glob("*.mp4")) - set(v.stem for v in videos))
-    with h5py.File(lenient.features) as f:
-        assert sorted(f) == readable and len(readable) == 5
+    assert sorted(FeatureFile(lenient.features).group().ids) == readable and len(readable) == 5
 
 
 def test_killed_extraction_leaves_nothing_complete_and_resumes(make_config, tmp_path):
@@ -135,8 +135,7 @@ def test_killed_extraction_leaves_nothing_complete_and_resumes(make_config, tmp_
     manifest = json.loads((visual.out_dir / "manifest.json").read_text())
     assert manifest["inputs"] == {"videos": 8}
     assert (len(manifest["decoded"]), manifest["from_cache"]) == (8 - done_before, done_before)
-    with h5py.File(visual.features) as f:
-        assert len(f) == 8
+    assert len(FeatureFile(visual.features).group()) == 8
     # What the killed writer left (a temporary file under its own name) goes with the cache clean-up,
     # which keeps every entry the stage folder was assembled from.
     clean(visual.out_dir.parent.parent)

@@ -1,6 +1,5 @@
 """Clip grids, frame-to-clip pooling, clip-backbone windows and per-part normalisation, by hand."""
 
-import h5py
 import numpy as np
 import pytest
 
@@ -11,8 +10,8 @@ from extractors.pooling import (
     pool_frames_to_clips,
     window_frame_indices,
 )
-from pipeline.store import FeatureWriter, entry_name
 from pipeline.visual import combine_parts
+from storage import FeatureFile, FeatureWriter
 
 
 def test_clip_grid_covers_the_video_and_cuts_the_last_clip():
@@ -116,8 +115,8 @@ def _write_part(path, backbone: str, videos: dict[str, tuple[np.ndarray, np.ndar
 
 
 def _read(path, video_id):
-    with h5py.File(path) as f:
-        return f[entry_name(video_id)][()], f[entry_name(video_id)].attrs["timestamps"]
+    videos = FeatureFile(path).group()
+    return videos.read(video_id), videos.read(video_id, "timestamps")
 
 
 # One 3 s video, frames at 0.25, 0.75, ..., 2.75 s (2 fps): two 1.5 s clips of three frames each.

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import luigi
 import numpy as np
 import pytest
@@ -24,6 +23,7 @@ import yaml
 import tasks
 from conftest import REPO, TINY, _merge
 from pipeline.stage import LOCK_FILE, stage_lock
+from storage import FeatureFile
 
 # Two decoding workers (what a kill must take down too) and 2 fps, so that an extraction lasts long
 # enough for a second process to arrive while it runs. The second process differs by a result-neutral
@@ -124,11 +124,11 @@ class StageProcess:
 def assert_same_features(path: Path, reference: Path) -> None:
     """Same keys, timestamps and features, bit for bit (a resumed run too: each video is encoded in
     batches of its own, whatever else was decoded with it)."""
-    with h5py.File(path, "r") as f, h5py.File(reference, "r") as ref:
-        assert sorted(f) == sorted(ref) and len(f) == 8
-        for key in ref:
-            np.testing.assert_array_equal(f[key][()], ref[key][()])
-            np.testing.assert_array_equal(f[key].attrs["timestamps"], ref[key].attrs["timestamps"])
+    features, expected = FeatureFile(path).group(), FeatureFile(reference).group()
+    assert sorted(features.ids) == sorted(expected.ids) and len(features) == 8
+    for video_id in expected.ids:
+        np.testing.assert_array_equal(features.read(video_id), expected.read(video_id))
+        np.testing.assert_array_equal(features.read(video_id, "timestamps"), expected.read(video_id, "timestamps"))
 
 
 def stage_folders(workdir_override: str) -> list[Path]:

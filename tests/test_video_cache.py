@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 
-import h5py
 import luigi
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ from luigi.task_register import Register
 from pipeline.explain import explain, format_report
 from pipeline.sharding import assign_shards
 from pipeline.video_cache import CACHE_FOLDER, RECORD_SUFFIX, clean, used_entries, video_identity
+from storage import FeatureFile
 from videos import run_ffmpeg
 
 
@@ -45,8 +45,7 @@ def _decoded(task) -> list[str]:
 
 
 def _features(task) -> dict[str, np.ndarray]:
-    with h5py.File(task.features) as f:
-        return {name: f[name][()] for name in f}
+    return dict(FeatureFile(task.features).group().items())
 
 
 def _part(config, overrides=""):
