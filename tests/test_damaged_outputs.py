@@ -101,6 +101,7 @@ def test_damaged_cache_entries_are_named_and_extracted_again(files_dataset, run_
         run_stages.build([_fresh(tasks.VisualPart, config, part="clip")])
     part = _fresh(tasks.VisualPart, config, part="clip")
     assert _decoded(part) == sorted(hows)  # the damaged ones only, made again
+    assert _decoded(part, "remade") == []  # by the shards (on any worker), not left to the assembly
     after = _features(part.features)
     assert after.keys() == before.keys() and all(np.array_equal(after[key], before[key]) for key in before)
     for video_id in hows:  # each named: the video and its file
