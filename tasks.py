@@ -88,7 +88,7 @@ class PrepareDataset(Stage):
     (``pipeline.video_cache.video_identity``).
     """
 
-    stage, version, reads = "dataset", "4", ("data",)
+    stage, version, reads = "dataset", "5", ("data",)  # 5: invisible text is empty; ids that cannot name a file are problems
 
     def upstream(self):
         return {"demo": self.clone(DemoDataset)} if self.config["data"]["source"] == "demo" else {}
