@@ -91,7 +91,8 @@ synchronize()
 model_alone = len(frames) / (time.perf_counter() - started)
 # 1. Each video's rows from padded batches spanning videos, against the video alone (same batch shape).
 rng = np.random.default_rng(0)
-clips = {f"v{i}": rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8) for i, n in enumerate([5, BATCH + 6, 1, BATCH // 2 + 8])}
+lengths = [5, BATCH + 6, 1, BATCH // 2 + 8]  # shorter and longer than a batch
+clips = {f"v{i}": rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8) for i, n in enumerate(lengths)}
 def through_batcher(ids):
     batcher = _VideoBatcher(clip, BATCH, pin_memory=device == "cuda")
     for video_id in ids:
@@ -108,8 +109,8 @@ print(f"padded batches spanning videos bit-identical to each video alone on {dev
       + (f" (max |diff| per video: {unequal})" if unequal else ""), flush=True)
 
 print(f"extraction at 3 fps, {len(videos)} videos x {seconds:g} s 360p, {len(frames)} frames, {workers} decoding "
-      f"workers: {extraction:,.0f} frames/s; model alone (ViT-B/32, batches of {BATCH}, frames decoded beforehand): "
-      f"{model_alone:,.0f} frames/s; ratio {extraction / model_alone:.2f} (1.00 = decoding fully hidden; it "
+      f"workers: {extraction:,.1f} frames/s; model alone (ViT-B/32, batches of {BATCH}, frames decoded beforehand): "
+      f"{model_alone:,.1f} frames/s; ratio {extraction / model_alone:.2f} (1.00 = decoding fully hidden; it "
       f"includes model loading and worker start-up)", flush=True)
 EOF
 
