@@ -91,7 +91,7 @@ class QueryBatcher:
         for pending in batch:
             try:
                 by_shape.setdefault(self.searcher.query_shape(pending.text), []).append(pending)
-            except SearchError as error:
+            except Exception as error:  # noqa: BLE001 (a SearchError or a bug: the request reports it, this thread lives on)
                 pending.error = error
                 pending.done.set()
         for group in by_shape.values():

@@ -10,7 +10,6 @@ import os
 import shutil
 from pathlib import Path
 
-import h5py
 import luigi
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from conftest import make_tiny_config
 from pipeline.explain import explain, format_report
 from pipeline.stage import verify_published
 from pipeline.video_cache import record_path
+from storage import FeatureFile
 
 DAMAGES = ("truncated", "zero-length", "garbage", "head overwritten", "deleted")
 
@@ -49,11 +49,10 @@ def _fresh(cls, config, **params):
 
 
 def _features(path: Path) -> dict[str, np.ndarray]:
-    """Every dataset of an HDF5 file by name (groups walked)."""
-    found = {}
-    with h5py.File(path) as f:
-        f.visititems(lambda name, item: found.update({name: item[()]}) if isinstance(item, h5py.Dataset) else None)
-    return found
+    """Every entry of a feature file by id (``<group>/<id>`` outside the root group)."""
+    with FeatureFile(path) as features:
+        return {(entry_id if not name else f"{name}/{entry_id}"): rows
+                for name in features.groups for entry_id, rows in features.group(name).items()}
 
 
 def _decoded(task, key: str = "decoded") -> list[str]:
