@@ -100,6 +100,17 @@ class IndexFile:
 def load_index(index_dir: Path) -> IndexFile:
     """The index of `index_dir` (the one place that knows index.h5's layout on the reading side)."""
     path = Path(index_dir) / INDEX_FILE
+    try:
+        return _read_index(path)
+    except SearchError:
+        raise
+    except (OSError, KeyError, ValueError) as error:  # truncated, overwritten or deleted since it was published
+        raise SearchError(f"{path}: damaged or unreadable ({type(error).__name__}: {' '.join(str(error).split())}); rebuild it with "
+                          f"`python -m search index` (the same --dataset/--folder/--set), which redoes a "
+                          f"damaged index") from None
+
+
+def _read_index(path: Path) -> IndexFile:
     with h5py.File(path, "r") as index:
         attrs = dict(index.attrs)
         if "search_method" not in attrs:

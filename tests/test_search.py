@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -500,3 +501,18 @@ def test_page_reads_and_writes_the_search_in_the_url(server, searcher):
             assert shown(page) == expected[second[0]]
         finally:
             browser.close()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zero-length", "garbage"])
+def test_a_damaged_index_is_one_line_naming_the_file_and_the_fix(demo, searcher, tmp_path, damage):
+    """An index.h5 damaged after it was published: the search says which file and what to run."""
+    copy = tmp_path / "index"
+    shutil.copytree(searcher.index_dir, copy, ignore=shutil.ignore_patterns(".readers", ".lock"))
+    path = copy / "index.h5"
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "zero-length": b"",
+                      "garbage": b"\x00garbage" * 1000}[damage])
+    with pytest.raises(SearchError) as error:
+        Searcher(copy, span_rule="grown")
+    message = str(error.value)
+    assert "\n" not in message and str(path) in message and "python -m search index" in message

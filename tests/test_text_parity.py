@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 
-import h5py
 import numpy as np
 import pytest
 
@@ -14,6 +13,7 @@ import tasks
 from pipeline.config import SCHEMA
 from pipeline.datasets import read_jsonl
 from pipeline.features import encode_queries, text_encoder
+from storage import FeatureFile
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +48,10 @@ def test_search_encoder_gives_query_features_features_at_every_length(searcher, 
     report = encode_queries(queries, settings, tmp_path / "queries.h5", {"stage": "queries"})
     assert report["truncated_queries"] == 2  # max_length - 1 and max_length + 30 text tokens
     by_search = searcher.encoder.encode(texts)
-    with h5py.File(tmp_path / "queries.h5") as written:
+    with FeatureFile(tmp_path / "queries.h5") as written:
         for index, features in enumerate(by_search):
-            np.testing.assert_allclose(written[f"tokens/{index}"][()], features.tokens, atol=1e-5)
-            np.testing.assert_allclose(written[f"pooled/{index}"][()], features.pooled, atol=1e-5)
+            np.testing.assert_allclose(written.group("tokens").read(str(index)), features.tokens, atol=1e-5)
+            np.testing.assert_allclose(written.group("pooled").read(str(index)), features.pooled, atol=1e-5)
     assert len(by_search[-1].tokens) == settings["max_length"]
     # And the encoder built from the config, as QueryFeatures builds it, agrees too.
     for mine, theirs in zip(text_encoder(settings).encode(texts), by_search):
@@ -61,9 +61,9 @@ def test_search_encoder_gives_query_features_features_at_every_length(searcher, 
 def test_search_encoder_gives_the_stored_features_of_the_demo_queries(searcher, query_features):
     queries = read_jsonl(query_features.upstream_dir("dataset") / "queries.jsonl")[:8]
     encoded = searcher.encoder.encode([query["text"] for query in queries])
-    with h5py.File(query_features.features) as stored:
+    with FeatureFile(query_features.features) as stored:
         for query, features in zip(queries, encoded):
-            np.testing.assert_allclose(stored[f"pooled/{query['cap_id']}"][()], features.pooled, atol=1e-5)
+            np.testing.assert_allclose(stored.group("pooled").read(query["cap_id"]), features.pooled, atol=1e-5)
 
 
 def test_a_query_over_the_limit_is_cut_as_in_training_and_said(searcher, caplog):

