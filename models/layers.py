@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from amdnet.model import AttentionSubLayer, FeatureProjection
+
 
 class PositionalEncoding(nn.Module):
     """Dropout(LayerNorm(x + P[:L])), P a trainable table of `max_positions` rows."""
@@ -35,3 +37,21 @@ class AttentionPooling(nn.Module):
         logits = self.score(x).squeeze(-1).masked_fill(~valid, float("-inf"))  # (B, L)
         weights = logits.softmax(dim=-1)  # (B, L)
         return (weights.unsqueeze(-1) * x).sum(dim=1)  # (B, d)
+
+
+class TokenQueryEncoder(nn.Module):
+    """The query branch MS-SL and GMMFormer share: token features -> projection + positions ->
+    one self-attention sub-layer -> attention pooling, (Nq, L, Dq) tokens to one (Nq, d) vector."""
+
+    def __init__(self, query_dim: int, hidden_size: int, max_tokens: int, n_heads: int, dropout: float,
+                 input_dropout: float):
+        super().__init__()
+        self.projection = FeatureProjection(query_dim, hidden_size, input_dropout)
+        self.positions = PositionalEncoding(max_tokens, hidden_size, input_dropout)
+        self.attention = AttentionSubLayer(hidden_size, n_heads, dropout)
+        self.pooling = AttentionPooling(hidden_size)
+
+    def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        x = self.positions(self.projection(tokens))  # (Nq, L, d)
+        x = self.attention(x, key_valid=token_mask)  # (Nq, L, d)
+        return self.pooling(x, token_mask)  # (Nq, d)

@@ -23,7 +23,7 @@ from amdnet.losses import info_nce_loss
 from amdnet.model import AMDNet, AttentionSubLayer, FeatureProjection
 from amdnet.moments import uniform_clip_spans
 from models.inputs import l2_normalize, query_tokens, video_frames
-from models.layers import AttentionPooling, PositionalEncoding
+from models.layers import PositionalEncoding, TokenQueryEncoder
 from models.losses import hard_negatives_on, sampled_negative_scores, triplet_loss
 from models.registry import RetrievalModel, Rows, register_model, score_in_chunks
 
@@ -123,10 +123,7 @@ class MSSL(RetrievalModel):
         super().__init__()
         self.config = config
         d, heads, dropout, input_dropout = config.hidden_size, config.n_heads, config.dropout, config.input_dropout
-        self.query_projection = FeatureProjection(query_dim, d, input_dropout)
-        self.query_positions = PositionalEncoding(config.max_tokens, d, input_dropout)
-        self.query_attention = AttentionSubLayer(d, heads, dropout)
-        self.query_pooling = AttentionPooling(d)
+        self.query_encoder = TokenQueryEncoder(query_dim, d, config.max_tokens, heads, dropout, input_dropout)
         self.clip_projection = FeatureProjection(video_dim, d, input_dropout)
         self.clip_positions = PositionalEncoding(config.max_frames, d, input_dropout)
         self.clip_attention = AttentionSubLayer(d, heads, dropout)
@@ -144,9 +141,7 @@ class MSSL(RetrievalModel):
 
     def encode_queries(self, batch: dict) -> torch.Tensor:
         tokens, token_mask = query_tokens(batch, self.config.max_tokens)  # (Nq, L, Dq), (Nq, L)
-        x = self.query_positions(self.query_projection(tokens))  # (Nq, L, d)
-        x = self.query_attention(x, key_valid=token_mask)  # (Nq, L, d)
-        return self.query_pooling(x, token_mask)  # (Nq, d)
+        return self.query_encoder(tokens, token_mask)  # (Nq, d)
 
     def encode_clips(self, clips: torch.Tensor) -> torch.Tensor:
         x = self.clip_positions(self.clip_projection(l2_normalize(clips)))  # (B, N, d)
