@@ -431,9 +431,9 @@ class Train(Stage):
 
     def build(self, out_dir):
         from amdnet.train import train
-        from pipeline.config import model_config, train_config
+        from pipeline.config import model_settings, train_config
 
-        summary = train(model_config(self.config), train_config(self.config), _feature_files(self),
+        summary = train(model_settings(self.config), train_config(self.config), _feature_files(self),
                         self.upstream_dir("dataset") / "queries.jsonl", out_dir)
         return {"summary": summary}
 

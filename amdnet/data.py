@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -156,7 +157,8 @@ class VideoCaptionDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         video_id = self.video_ids[index]
         item = {"video_index": index, "video_id": video_id, "cap_ids": self.captions[index]}
-        item["clips"] = torch.from_numpy(video_clips(self.video_file, self.subtitle_file, video_id, self.map_size))
+        clips = video_inputs(self.video_file, self.subtitle_file, video_id, VideoInputs(("clips",), self.map_size))["clips"]
+        item["clips"] = torch.from_numpy(clips)
         if self.subtitle_file is not None:
             mask = self.subtitle_file.group("mask").read(video_id).astype(np.float32)[:, None]  # (T, 1)
             item["subtitle_mask"] = torch.from_numpy(bin_clips(mask, self.map_size)[:, 0])  # (N,) fraction
@@ -165,15 +167,65 @@ class VideoCaptionDataset(Dataset):
         return item
 
 
-def video_clips(video_file: FeatureFile, subtitle_file: FeatureFile | None, video_id: str,
-                map_size: int) -> np.ndarray:
-    """(N, Dv [+ Ds]) binned clip features of one video: its visual features, with its subtitle features
-    beside them when the model reads subtitles (all zero for a video without any, as SubtitleFeatures
-    writes them). Training, evaluation and the search index all build a video's input here."""
-    frames = video_file.group().read(video_id)  # (T, Dv)
+@dataclass(frozen=True)
+class VideoInputs:
+    """What a model reads of each video (models/inputs.py describes the batch): "clips", its rows
+    mean-binned to map_size clips, and/or "frames", the rows themselves mean-sampled down to at most
+    max_frames."""
+
+    kinds: tuple[str, ...]
+    map_size: int | None = None
+    max_frames: int | None = None
+
+    @classmethod
+    def of(cls, model) -> "VideoInputs":
+        """The inputs of a registered model (its `video_inputs` and its options' map_size/max_frames)."""
+        options = model.options
+        return cls(tuple(model.video_inputs), options.get("map_size"), options.get("max_frames"))
+
+
+def video_inputs(video_file: FeatureFile, subtitle_file: FeatureFile | None, video_id: str,
+                 inputs: VideoInputs) -> dict[str, np.ndarray]:
+    """One video's model inputs: "clips" (N, Dv [+ Ds]) and/or "frames" (F, Dv [+ Ds]), its visual
+    features with its subtitle features beside them when the model reads subtitles (all zero for a
+    video without any, as SubtitleFeatures writes them). Training, evaluation and the search index all
+    build a video's inputs here."""
+    rows = video_file.group().read(video_id)  # (T, Dv)
     if subtitle_file is not None:
-        frames = np.concatenate([frames, subtitle_file.group("features").read(video_id)], axis=1)  # (T, Dv+Ds)
-    return bin_clips(frames, map_size)
+        rows = np.concatenate([rows, subtitle_file.group("features").read(video_id)], axis=1)  # (T, Dv+Ds)
+    built = {}
+    if "clips" in inputs.kinds:
+        built["clips"] = bin_clips(rows, inputs.map_size)  # (N, D)
+    if "frames" in inputs.kinds:
+        built["frames"] = sample_frames(rows, inputs.max_frames)  # (F, D), F <= max_frames
+    return built
+
+
+def sample_frames(features: np.ndarray, max_frames: int) -> np.ndarray:
+    """(T, D) rows -> (min(T, max_frames), D): unchanged when T <= max_frames, else mean-binned onto
+    max_frames bins exactly as clips are (the references' uniform sampling is that same binning)."""
+    if features.shape[0] <= max_frames:
+        return np.ascontiguousarray(features, dtype=np.float32)
+    return bin_clips(features, max_frames)
+
+
+def collate_frames(videos: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """B tensors (F_b, D) -> frames (B, max F_b, D) zero-padded and frame_mask (B, max F_b) bool."""
+    lengths = torch.tensor([video.shape[0] for video in videos])  # (B,)
+    frames = pad_sequence(videos, batch_first=True)  # (B, F, D)
+    frame_mask = torch.arange(frames.shape[1]) < lengths.unsqueeze(1)  # (B, F)
+    return frames, frame_mask
+
+
+def collate_video_inputs(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """B videos' inputs (video_inputs' dictionaries, as tensors) -> the batch's clips (B, N, D) and/or
+    frames (B, F, D) with frame_mask (B, F)."""
+    batch = {}
+    if "clips" in items[0]:
+        batch["clips"] = torch.stack([item["clips"] for item in items])
+    if "frames" in items[0]:
+        batch["frames"], batch["frame_mask"] = collate_frames([item["frames"] for item in items])
+    return batch
 
 
 def clip_statistics(dataset: VideoCaptionDataset) -> tuple[torch.Tensor, torch.Tensor]:

@@ -360,10 +360,10 @@ def _amdnet(config: dict, video_dim: int, query_dim: int):
     import torch
 
     from amdnet import AMDNet
-    from pipeline.config import model_config
+    from pipeline.config import model_settings
 
     torch.manual_seed(0)
-    return AMDNet(model_config(config), video_dim, query_dim)
+    return AMDNet(model_settings(config), video_dim, query_dim)
 
 
 def encode_and_score_seconds(config: dict, n_videos: int, n_queries: int, video_dim: int, query_dim: int,
@@ -446,13 +446,13 @@ def validation_seconds(config_path: Path, overrides: str, threads: int) -> float
     import tasks
     from amdnet.data import VideoCaptionDataset
     from amdnet.evaluate import split_metrics
-    from pipeline.config import model_config, train_config
+    from pipeline.config import model_settings, train_config
 
     task = tasks.Train(dataset=str(config_path), set=overrides)
-    settings, model_settings = train_config(task.config), model_config(task.config)
+    settings, amdnet_settings = train_config(task.config), model_settings(task.config)
     files = tasks._feature_files(task)  # the files Train reads, as Train finds them
     val_set = VideoCaptionDataset(files, task.upstream_dir("dataset") / "queries.jsonl", "val", settings.query_input,
-                                  settings.use_subtitles, model_settings.map_size)
+                                  settings.use_subtitles, amdnet_settings.map_size)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

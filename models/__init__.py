@@ -1,10 +1,18 @@
 """The retrieval models, one family behind one registry: AMDNet, MS-SL, GMMFormer and the training-free
-CLIP searcher. Importing the package imports every model module so that each registers its name; a new
-model is one more module here (see docs/models.md)."""
+CLIP searcher, each in its own module (see docs/models.md for how to add one).
 
-from models.registry import RetrievalModel, concat_rows, create_model, list_models, model_class, register_model, take_rows
-# imported so that each registers its name
-from models import amdnet, clip_zero_shot, gmmformer, ms_sl  # noqa: F401
+Importing the package costs nothing: `models.configs` (every model's options and facts) is what a
+config check needs and imports no torch. The registry (`create_model`, `list_models`, ...) imports
+the model modules on first use.
+"""
 
 __all__ = ["RetrievalModel", "concat_rows", "create_model", "list_models", "model_class", "register_model",
            "take_rows"]
+
+
+def __getattr__(name: str):
+    if name in __all__:  # torch
+        from models import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module 'models' has no attribute {name!r}")

@@ -11,23 +11,12 @@ Shapes: B videos, F rows, W windows (all scales, padded to a fixed count), Nq qu
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from amdnet.config import _check_ranges, ranged
+from models.configs import ClipZeroShotConfig
 from models.inputs import video_frames
 from models.registry import RetrievalModel, Rows, register_model, score_in_chunks
-
-
-@dataclass
-class ClipZeroShotConfig:
-    max_frames: int = ranged(128, minimum=1)  # rows per video (the data layer mean-samples longer videos)
-    max_scale: int = ranged(8, minimum=1)  # windows of 1, 2, 4, ... rows up to this many; 1: single rows only
-
-    def __post_init__(self):
-        _check_ranges(self)
 
 
 def window_scales(max_scale: int, max_frames: int) -> list[int]:
@@ -37,28 +26,6 @@ def window_scales(max_scale: int, max_frames: int) -> list[int]:
         scales.append(scale)
         scale *= 2
     return scales
-
-
-def check_same_clip(config: dict) -> None:
-    """Raise ValueError (one line) unless the pipeline config's visual and text features come from one
-    CLIP model: a single visual part with backbone "clip", text.encoder "clip-text", the same model
-    name and pretrained tag, and, for random weights (pretrained null), the same seed."""
-    visual, text = config["visual"], config["text"]
-    if text["encoder"] != "clip-text":
-        raise ValueError(f"model clip-zero-shot compares CLIP text and image vectors, but text.encoder is "
-                         f"{text['encoder']!r}: set text.encoder: clip-text")
-    parts = visual["parts"]
-    if len(parts) != 1 or next(iter(parts.values()))["backbone"] != "clip":
-        described = ", ".join(f"{name} ({part['backbone']})" for name, part in parts.items())
-        raise ValueError(f"model clip-zero-shot needs exactly one visual part with backbone clip, got {described}")
-    (name, part), = parts.items()
-    same = part["model"] == text["model"] and part["pretrained"] == text["pretrained"]
-    if same and part["pretrained"] is None:
-        same = part.get("seed", 0) == text.get("seed", 0)
-    if not same:
-        raise ValueError(f"model clip-zero-shot needs visual and text features from the same CLIP model: "
-                         f"visual.parts.{name} is {part['model']}/{part['pretrained']} (seed {part.get('seed', 0)}), "
-                         f"text is {text['model']}/{text['pretrained']} (seed {text.get('seed', 0)})")
 
 
 @register_model("clip-zero-shot")

@@ -12,16 +12,14 @@ Shapes: B videos, N clips, F frame rows, Nq captions, L tokens, d hidden size.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from amdnet.config import _check_ranges, ranged
 from amdnet.losses import info_nce_loss, max_dot_scores, own_video_matrix
 from amdnet.model import AMDNet, AttentionSubLayer, FeatureProjection
 from amdnet.moments import moment_spans
+from models.configs import GMMFormerConfig
 from models.inputs import l2_normalize, query_tokens, video_frames
 from models.layers import AttentionPooling, PositionalEncoding, TokenQueryEncoder
 from models.losses import hard_negatives_on, triplet_loss
@@ -31,34 +29,6 @@ from models.registry import RetrievalModel, Rows, register_model
 GAUSSIAN_WIDTHS = (None, 0.5, 1.0, 5.0)
 MIN_WIDTH = 0.01
 WIDTH_TO_SIGMA = 9.0  # as AMDNet, which inherited it: a width w is a Gaussian with sigma = w / 9
-
-
-@dataclass
-class GMMFormerConfig:
-    hidden_size: int = ranged(384, minimum=1)
-    n_heads: int = ranged(4, minimum=1)
-    map_size: int = ranged(32, minimum=1)
-    max_frames: int = ranged(128, minimum=1)  # frame rows per video; also the rows of both position tables
-    max_tokens: int = ranged(30, minimum=1)
-    input_dropout: float = ranged(0.2, minimum=0, below=1)
-    dropout: float = ranged(0.2, minimum=0, below=1)
-    margin: float = ranged(0.1, minimum=0)
-    hard_negative_start_epoch: int = ranged(30, minimum=0)  # 0-based, as the reference counts
-    hard_pool_size: int = ranged(20, minimum=1)
-    clip_nce_weight: float = ranged(0.05, minimum=0)
-    frame_nce_weight: float = ranged(0.04, minimum=0)
-    diversity_weight: float = ranged(0.001, minimum=0)  # of the query diversity loss
-    diversity_margin: float = ranged(0.15)
-    diversity_scale: float = ranged(32.0, above=0)
-    clip_scale_weight: float = ranged(0.7, minimum=0)
-    frame_scale_weight: float = ranged(0.3, minimum=0)
-
-    def __post_init__(self):
-        _check_ranges(self)
-        if self.hidden_size % self.n_heads:
-            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by n_heads ({self.n_heads})")
-        if self.map_size > self.max_frames:
-            raise ValueError(f"map_size ({self.map_size}) exceeds max_frames ({self.max_frames}), the clip position table")
 
 
 def gaussian_position_weights(lengths: torch.Tensor, n_positions: int, width: float) -> torch.Tensor:

@@ -5,23 +5,19 @@ frame rows, Nq captions, L tokens, Dv / Dq input sizes):
 
     clips            (B, N, Dv)  each video's T feature rows mean-binned to N clips (amdnet.data.bin_clips)
     frames           (B, F, Dv)  the rows themselves, mean-sampled down to max_frames when T is larger
-                                 (`sample_frames`), zero-padded; frame_mask (B, F) bool marks real rows
+                                 (amdnet.data.sample_frames), zero-padded; frame_mask (B, F) bool marks real rows
     queries          (Nq, Dq) pooled vectors, or (Nq, L, Dq) tokens with token_mask (Nq, L) bool
     caption_to_video (Nq,)       the batch index of each caption's video (training only)
 
-A model names the video inputs it needs in `video_inputs` ("clips", "frames") and the query input in
+The data layer builds them (amdnet.data: `VideoInputs`, `video_inputs`, `collate_video_inputs`), the same
+way for training, evaluation and the search index. A model names the video inputs it needs in `video_inputs` ("clips", "frames") and the query input in
 `query_input` ("pooled" or "tokens"). The rows are passed as the feature files hold them: models that
 want unit vectors normalise after pooling themselves (`l2_normalize`), as their references do.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from amdnet.data import bin_clips
-
-VIDEO_INPUTS = ("clips", "frames")
-QUERY_INPUTS = ("pooled", "tokens")
 # MS-SL's and GMMFormer's normaliser adds this to the norm (x / (|x| + eps)), so zero padding stays zero.
 NORM_EPS = 1e-5
 
@@ -29,22 +25,6 @@ NORM_EPS = 1e-5
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     """x / (|x| + 1e-5) along the last axis, the references' normaliser; zero rows stay zero."""
     return x / (x.norm(dim=-1, keepdim=True) + NORM_EPS)
-
-
-def sample_frames(features: np.ndarray, max_frames: int) -> np.ndarray:
-    """(T, D) rows -> (min(T, max_frames), D): unchanged when T <= max_frames, else mean-binned onto
-    max_frames bins exactly as clips are (the references' uniform sampling is that same binning)."""
-    if features.shape[0] <= max_frames:
-        return features
-    return bin_clips(features, max_frames)
-
-
-def collate_frames(videos: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """B tensors (F_b, D) -> frames (B, max F_b, D) zero-padded and frame_mask (B, max F_b) bool."""
-    lengths = torch.tensor([video.shape[0] for video in videos])  # (B,)
-    frames = torch.nn.utils.rnn.pad_sequence(videos, batch_first=True)  # (B, F, D)
-    frame_mask = torch.arange(frames.shape[1]) < lengths.unsqueeze(1)  # (B, F)
-    return frames, frame_mask
 
 
 def query_tokens(batch: dict, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,7 +44,7 @@ def video_frames(batch: dict, max_frames: int) -> tuple[torch.Tensor, torch.Tens
     frames, frame_mask = batch["frames"], batch["frame_mask"]
     if frames.shape[1] > max_frames:
         raise ValueError(f"the batch holds {frames.shape[1]} frame rows per video, more than max_frames="
-                         f"{max_frames}: the data layer must sample them (models.inputs.sample_frames)")
+                         f"{max_frames}: the data layer must sample them (amdnet.data.sample_frames)")
     if not frame_mask[:, 0].all():
         raise ValueError("a video in the batch has no frame rows (frame_mask is all false)")
     return frames * frame_mask.unsqueeze(-1), frame_mask

@@ -33,6 +33,7 @@ same `represent_videos` output; `take_rows` and `concat_rows` slice and join suc
 from __future__ import annotations
 
 import abc
+import importlib
 from dataclasses import asdict
 from typing import Callable
 
@@ -41,7 +42,7 @@ import torch.nn as nn
 
 from amdnet.config import config_from_dict
 from amdnet.optim import parameter_groups
-from models.inputs import QUERY_INPUTS, VIDEO_INPUTS
+from models.configs import MODEL_FACTS
 
 Rows = dict[str, torch.Tensor]
 
@@ -107,16 +108,15 @@ class RetrievalModel(nn.Module, abc.ABC):
 
 
 def register_model(name: str) -> Callable[[type], type]:
-    """Class decorator: make `cls` buildable as `create_model(name, ...)`."""
+    """Class decorator: make `cls` buildable as `create_model(name, ...)`. `name` must have its entry
+    in models.configs.MODEL_FACTS, and the class must agree with it."""
 
     def register(cls: type) -> type:
         if name in _MODELS:
             raise ValueError(f"model name {name!r} is already registered by {_MODELS[name].__qualname__}")
         if not issubclass(cls, RetrievalModel):
             raise TypeError(f"{cls.__qualname__} must subclass RetrievalModel")
-        if not set(cls.video_inputs) <= set(VIDEO_INPUTS) or cls.query_input not in QUERY_INPUTS:
-            raise TypeError(f"{cls.__qualname__} must read video inputs among {VIDEO_INPUTS} and a query input "
-                            f"among {QUERY_INPUTS}, got {cls.video_inputs} and {cls.query_input!r}")
+        _check_facts(name, cls)
         cls.name = name
         _MODELS[name] = cls
         return cls
@@ -124,12 +124,32 @@ def register_model(name: str) -> Callable[[type], type]:
     return register
 
 
+def _check_facts(name: str, cls: type) -> None:
+    facts = MODEL_FACTS.get(name)
+    if facts is None:
+        raise TypeError(f"model {name!r} has no entry in models.configs.MODEL_FACTS (what configs are checked against)")
+    agrees = (cls.Config is facts.config and cls.trainable == facts.trainable
+              and tuple(cls.video_inputs) == facts.video_inputs and cls.query_input in facts.query_inputs
+              and set(cls.span_rules) == set(facts.span_rules) and cls.default_span_rule == facts.default_span_rule)
+    if not agrees:
+        raise TypeError(f"{cls.__qualname__} disagrees with models.configs.MODEL_FACTS[{name!r}]: {facts}")
+
+
+def _load_models() -> None:
+    """Import every model module named in MODEL_FACTS, so that each registers itself (once)."""
+    for name in MODEL_FACTS:
+        if name not in _MODELS:
+            importlib.import_module(f"models.{name.replace('-', '_')}")
+
+
 def list_models(trainable: bool | None = None) -> list[str]:
     """Registered model names, sorted; only the trainable (or only the training-free) ones when given."""
+    _load_models()
     return sorted(name for name, cls in _MODELS.items() if trainable is None or cls.trainable == trainable)
 
 
 def model_class(name: str) -> type:
+    _load_models()
     if name not in _MODELS:
         raise KeyError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
     return _MODELS[name]

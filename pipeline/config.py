@@ -23,9 +23,9 @@ from typing import Any
 
 import yaml
 
-from amdnet.config import (DEFAULT_SPAN_RULE, RESULT_NEUTRAL_TRAIN_FIELDS, SPAN_RULES, ModelConfig, Range, TrainConfig,
-                           field_range)
+from amdnet.config import RESULT_NEUTRAL_TRAIN_FIELDS, Range, TrainConfig, field_range
 from extractors.names import check_extractor
+from models.configs import DEFAULT_MODEL, MODEL_FACTS, check_same_clip, model_facts
 from pipeline.backbones import part_settings, text_encoder_options, visual_extractor_options
 from pipeline.datasets import DEFAULT_DURATION_TOLERANCE_S, DEFAULT_PROBLEM_POLICY, FORMATS, PROBLEM_ACTIONS
 
@@ -65,6 +65,23 @@ class NamedSections:
     schema: dict
 
 
+@dataclass(frozen=True)
+class ModelSection:
+    """The model section: ``name``, a registered model (models/configs.py), and one subsection of options
+    per model, named after it, whose keys, defaults and ranges are that model's options dataclass. Every
+    subsection is checked; only the named model's counts for results (a config may carry settings for
+    several models, and ``--set model.name=...`` switches between them)."""
+
+    @property
+    def schema(self) -> dict:
+        return {"name": _key(str, DEFAULT_MODEL, choices=tuple(MODEL_FACTS)),
+                **{name: _section_from_dataclass(facts.config, non_result=set()) for name, facts in MODEL_FACTS.items()}}
+
+    def result_schema(self, name: str) -> dict:
+        schema = self.schema
+        return {"name": schema["name"], name: schema[name]}
+
+
 def _key(types, default=_REQUIRED, affects_results=True, choices=None, **bounds) -> Key:
     """``bounds``: the numeric range, as ``minimum``/``maximum`` (inclusive), ``above``/``below`` (exclusive)."""
     types = types if isinstance(types, tuple) else (types,)
@@ -72,7 +89,8 @@ def _key(types, default=_REQUIRED, affects_results=True, choices=None, **bounds)
 
 
 def _section_from_dataclass(cls, non_result: set[str]) -> dict[str, Key]:
-    """The model and train sections are the AMDNet dataclasses themselves: one source of truth."""
+    """The model and train sections are the models' option dataclasses and TrainConfig themselves: one
+    source of truth."""
     hints = typing.get_type_hints(cls)
     section = {}
     for field in dataclasses.fields(cls):
@@ -176,12 +194,13 @@ SCHEMA: dict[str, Any] = {
         "batch_size": _key(int, 64, affects_results=False, minimum=1),
         "device": _key(str, "auto", affects_results=False),
     },
-    "model": _section_from_dataclass(ModelConfig, non_result=set()),
+    "model": ModelSection(),
     "train": _section_from_dataclass(TrainConfig, non_result=set(RESULT_NEUTRAL_TRAIN_FIELDS)),
     "evaluate": {
         "split": _key(str, "test", choices=("val", "test")),
-        # How a [start, end] moment is chosen in a retrieved video (amdnet/moments.py); search uses it too.
-        "span_rule": _key(str, DEFAULT_SPAN_RULE, choices=SPAN_RULES),
+        # How a [start, end] moment is chosen in a retrieved video; search uses it too. null: the model's
+        # default (the first of its span rules, models/configs.py), filled in when the config is loaded.
+        "span_rule": _key(OptStr, None),
         "chunk_size": _key(int, 1024, affects_results=False, minimum=1),
         "device": _key(str, "auto", affects_results=False),
     },
@@ -232,14 +251,55 @@ def _load_config_cached(dataset: str, overrides: str) -> dict:
     if len(config["visual"]["parts"]) > 1 and config["visual"]["clip_seconds"] is None:
         raise ConfigError(f"{origins.of_section('visual')}: several visual.parts need a common grid: "
                           f"set visual.clip_seconds")
-    for section, build in (("model", model_config), ("train", train_config)):
-        try:  # the AMDNet dataclasses check value ranges and combinations themselves
+    checks = {f"model.{name}": (lambda config, name=name: model_facts(name).config(**config["model"][name]))
+              for name in MODEL_FACTS}
+    for section, build in {**checks, "train": train_config}.items():
+        try:  # the dataclasses check value ranges and combinations themselves
             build(config)
         except ValueError as err:
             raise ConfigError(f"{origins.of_section(section)}: {section}: {err}") from None
+    _check_model_inputs(config, origins)
     if config["features"]["source"] == "extract":
         _check_backbones(config, path)
     return config
+
+
+def _check_model_inputs(config: dict, origins: "_Origins") -> None:
+    """The features the model reads are the ones the config makes, and its span rule is one it has.
+
+    A model that compares CLIP vectors directly (clip-zero-shot) reads the text tower of the visual
+    features' own CLIP: when the text section names another encoder (the recipe of a trained model),
+    it is replaced by that CLIP's text settings; a text section naming a different CLIP is refused."""
+    name = config["model"]["name"]
+    facts = model_facts(name)
+    if facts.same_clip:
+        if config["text"]["encoder"] != "clip-text":
+            config["text"] = _visual_clip_text(config)
+        try:
+            check_same_clip(config)
+        except ValueError as err:
+            raise ConfigError(f"{origins.of_section('text')}: {err}") from None
+    elif config["train"]["query_input"] not in facts.query_inputs:
+        raise ConfigError(f"{origins.of('train.query_input')}: model {name!r} reads query input "
+                          f"{' or '.join(facts.query_inputs)}, but train.query_input is "
+                          f"{config['train']['query_input']!r}: set train.query_input: {facts.query_inputs[0]}")
+    rule = config["evaluate"]["span_rule"]
+    if rule is None:
+        config["evaluate"]["span_rule"] = facts.default_span_rule
+    elif rule not in facts.span_rules:
+        raise ConfigError(f"{origins.of('evaluate.span_rule')}: model {name!r} has no span rule {rule!r}; "
+                          f"choose one of {', '.join(facts.span_rules)}")
+
+
+def _visual_clip_text(config: dict) -> dict:
+    """The text section of the visual part's CLIP (its text tower), when there is exactly one CLIP part."""
+    parts = list(config["visual"]["parts"].values())
+    if len(parts) != 1 or parts[0]["backbone"] != "clip":
+        return config["text"]  # check_same_clip says what is wrong
+    part = parts[0]
+    settings = {"encoder": "clip-text", "model": part["model"], "pretrained": part["pretrained"],
+                "seed": part.get("seed", 0)}
+    return _validate(settings, SCHEMA["text"], _Origins(Path("<derived from visual.parts>")), "text.")
 
 
 def _check_backbones(config: dict, path: Path) -> None:
@@ -320,6 +380,7 @@ def _set_path(raw: dict, key_path: str, value: Any, where: str) -> None:
     *parents, leaf = key_path.split(".")
     for i, part in enumerate(parents):
         schema = schema.schema if isinstance(schema, NamedSections) else schema.get(part)
+        schema = schema.schema if isinstance(schema, ModelSection) else schema
         if not isinstance(schema, (dict, NamedSections)):
             raise ConfigError(f"{where}: unknown section {'.'.join(parents[: i + 1])!r}")
         node = node.setdefault(part, {})
@@ -344,8 +405,9 @@ def _validate(raw: dict, schema: dict, origins: _Origins, prefix: str) -> dict:
                                   f"sections")
             result[name] = {item: _validate(_mapping(section, origins, f"{key_path}.{item}"), spec.schema, origins,
                                             f"{key_path}.{item}.") for item, section in value.items()}
-        elif isinstance(spec, dict):
-            result[name] = _validate(_mapping(raw.get(name, {}), origins, key_path), spec, origins, key_path + ".")
+        elif isinstance(spec, (dict, ModelSection)):
+            section = spec.schema if isinstance(spec, ModelSection) else spec
+            result[name] = _validate(_mapping(raw.get(name, {}), origins, key_path), section, origins, key_path + ".")
         elif name in raw:
             result[name] = _check_value(raw[name], spec, origins.of(key_path), key_path)
         elif spec.required:
@@ -396,10 +458,19 @@ def result_subset(config: dict, reads: tuple[str, ...]) -> dict:
     for entry in reads:
         values, schema = config, SCHEMA
         for part in entry.split("."):
-            schema = schema.schema if isinstance(schema, NamedSections) else schema[part]
+            schema = _schema_of(schema, values)[part]
             values = values[part]
         subset[entry] = _result_values(values, schema)
     return subset
+
+
+def _schema_of(schema: Any, values: dict) -> dict:
+    """The schema of each key of ``values``, a section (or named sections) following ``schema``."""
+    if isinstance(schema, NamedSections):
+        return dict.fromkeys(values, schema.schema)
+    if isinstance(schema, ModelSection):
+        return schema.result_schema(values["name"])
+    return schema
 
 
 def _result_values(values: Any, schema: Any) -> Any:
@@ -407,12 +478,15 @@ def _result_values(values: Any, schema: Any) -> Any:
         return values
     if isinstance(schema, NamedSections):
         return {name: _result_values(section, schema.schema) for name, section in values.items()}
+    schema = _schema_of(schema, values)
     return {name: _result_values(values[name], spec) for name, spec in schema.items()
             if not isinstance(spec, Key) or spec.affects_results}
 
 
-def model_config(config: dict) -> ModelConfig:
-    return ModelConfig(**config["model"])
+def model_settings(config: dict):
+    """The options dataclass of the config's model (ModelConfig for AMDNet), checked."""
+    name = config["model"]["name"]
+    return model_facts(name).config(**config["model"][name])
 
 
 def train_config(config: dict) -> TrainConfig:

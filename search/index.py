@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from amdnet.config import resolve_device
-from amdnet.data import video_clips
+from amdnet.data import VideoInputs, video_inputs
 from amdnet.evaluate import load_model
 from amdnet.moments import clip_spans
 from pipeline.superseded import ReaderHold, SupersededFolder, held_for_reading
@@ -84,7 +84,7 @@ def read_features(video_features: Path, subtitle_features: Path | None) -> Itera
         frames = dict(zip(videos.ids, videos.lengths.tolist()))  # video id -> T
 
         def clips(video_id: str, map_size: int) -> tuple[np.ndarray, int]:
-            return video_clips(video_file, subtitle_file, video_id, map_size), frames[video_id]
+            return video_inputs(video_file, subtitle_file, video_id, VideoInputs(("clips",), map_size))["clips"], frames[video_id]
 
         yield Features(set(frames), str(video_file.attrs.get("backbone", "unknown")), clips)
 

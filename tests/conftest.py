@@ -17,7 +17,7 @@ TINY = {
     "data": {"demo_videos": 8},
     "visual": {"parts": {"clip": {"model": "TinyViT-32-test"}}, "fps": 1.0, "size": 64, "num_workers": 0,
                "batch_size": 16},
-    "model": {"hidden_size": 32},
+    "model": {"amdnet": {"hidden_size": 32}},
     "train": {"max_epochs": 2, "batch_size": 4, "patience": 2},
 }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from amdnet.optim import BertAdam, warmup_linear_factor
-from models.inputs import collate_frames
+from amdnet.data import collate_frames
 
 VIDEO_DIM, QUERY_DIM = 12, 10
 CAPTION_TO_VIDEO = torch.tensor([0, 0, 1, 2, 2, 2])

@@ -3,8 +3,9 @@ import torch
 import torch.nn.functional as F
 
 from models import create_model, take_rows
-from models.clip_zero_shot import check_same_clip, window_scales
-from models.inputs import collate_frames
+from models.clip_zero_shot import window_scales
+from models.configs import check_same_clip
+from amdnet.data import collate_frames
 
 
 def one_hot(index: int, dim: int = 8) -> torch.Tensor:

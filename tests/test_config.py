@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from amdnet.config import ModelConfig, TrainConfig
-from pipeline.config import SCHEMA, ConfigError, NamedSections, load_config, result_subset
+from pipeline.config import SCHEMA, ConfigError, ModelSection, NamedSections, load_config, result_subset
 
 
 def test_demo_config_loads_with_defaults():
@@ -15,7 +15,7 @@ def test_demo_config_loads_with_defaults():
     assert config["visual"]["parts"]["clip"] == {"backbone": "clip", "model": "ViT-B-32", "pretrained": None,
                                                  "seed": 0, "fps": None, "pool": "mean", "clip_len": 16,
                                                  "clip_stride": None}
-    assert config["model"]["map_size"] == 32  # filled from the AMDNet dataclass default
+    assert config["model"]["amdnet"]["map_size"] == 32  # filled from the AMDNet dataclass default
     assert config["train"]["use_subtitles"] is True
 
 
@@ -121,8 +121,8 @@ def _all_keys(schema=SCHEMA, prefix=""):
     for name, spec in schema.items():
         if isinstance(spec, NamedSections):
             yield from _all_keys(spec.schema, f"{prefix}{name}.clip.")
-        elif isinstance(spec, dict):
-            yield from _all_keys(spec, f"{prefix}{name}.")
+        elif isinstance(spec, (dict, ModelSection)):
+            yield from _all_keys(spec.schema if isinstance(spec, ModelSection) else spec, f"{prefix}{name}.")
         else:
             yield prefix + name, spec
 
@@ -164,11 +164,11 @@ def test_values_outside_a_keys_range_fail_naming_the_key(make_config, key_path):
     ("visual.fps=0", r"'visual\.fps' must be > 0 \(got 0\)"),
     ("train.batch_size=0", r"'train\.batch_size' must be >= 1 \(got 0\)"),
     ("train.max_epochs=0", r"'train\.max_epochs' must be >= 1 \(got 0\)"),
-    ("model.hidden_size=0", r"'model\.hidden_size' must be >= 1 \(got 0\)"),
-    ("model.hidden_size=30", r"hidden_size \(30\) must be divisible by n_moments \(4\)"),
+    ("model.amdnet.hidden_size=0", r"'model\.amdnet\.hidden_size' must be >= 1 \(got 0\)"),
+    ("model.amdnet.hidden_size=30", r"hidden_size \(30\) must be divisible by n_moments \(4\)"),
     ("train.lr=-1e-4", r"'train\.lr' must be > 0 \(got -0\.0001\)"),
     ("train.lr=0", r"'train\.lr' must be > 0"),
-    ("model.dropout=1.0", r"'model\.dropout' must be < 1"),
+    ("model.amdnet.dropout=1.0", r"'model\.amdnet\.dropout' must be < 1"),
     ("visual.max_failed_fraction=1.5", r"'visual\.max_failed_fraction' must be <= 1"),
     ("visual.num_workers=-1", r"'visual\.num_workers' must be >= 0"),
     ("text.max_length=0", r"'text\.max_length' must be >= 1"),
@@ -184,7 +184,7 @@ def test_named_range_mistakes(make_config, override, message):
 
 
 def test_values_on_a_range_boundary_are_valid(make_config):
-    config = load_config(str(make_config()), "visual.fps=120 visual.max_failed_fraction=0 model.dropout=0 "
+    config = load_config(str(make_config()), "visual.fps=120 visual.max_failed_fraction=0 model.amdnet.dropout=0 "
                                              "train.max_epochs=1 train.batch_size=1 visual.num_workers=0")
     assert config["visual"]["fps"] == 120.0 and config["train"]["batch_size"] == 1
     assert load_config(str(make_config()), "visual.max_failed_fraction=1")["visual"]["max_failed_fraction"] == 1.0

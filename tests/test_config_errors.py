@@ -49,9 +49,9 @@ def test_a_config_error_found_while_luigi_builds_the_graph_is_one_line_too(make_
 
 
 def test_report_command_reports_a_bad_config(make_config):
-    path = make_config({"model": {"hidden_size": 0}})
+    path = make_config({"model": {"amdnet": {"hidden_size": 0}}})
     result = _run([sys.executable, "-m", "tasks", "--dataset", str(path)])
-    _check_short_clear_failure(result, f"{path}: 'model.hidden_size' must be >= 1 (got 0)")
+    _check_short_clear_failure(result, f"{path}: 'model.amdnet.hidden_size' must be >= 1 (got 0)")
 
 
 @pytest.mark.parametrize("override, message", [
@@ -79,7 +79,7 @@ def test_a_bad_override_is_reported_as_the_override(make_config, override, messa
     ('train.lr="1e-4', "No closing quotation"),
     ("train.lr=1 train.lr=-2", "--set train.lr=-2: 'train.lr' must be > 0"),  # the last one counts
     ('train.lr=5 train="{lr: -1}" train.lr=-3', "--set train.lr=-3: 'train.lr' must be > 0"),  # even after a section
-    ("model.hidden_size=30", "tiny.yaml with --set model.hidden_size=30: model: hidden_size (30) must be divisible"),
+    ("model.amdnet.hidden_size=30", "tiny.yaml with --set model.amdnet.hidden_size=30: model.amdnet: hidden_size (30) must be divisible"),
 ])
 def test_more_bad_overrides_name_the_override(make_config, override, message):
     with pytest.raises(ConfigError) as error:

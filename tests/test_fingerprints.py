@@ -17,8 +17,9 @@ import pytest
 
 import tasks
 from amdnet.config import QUERY_INPUTS, QUERY_POOLINGS
+from models.configs import MODEL_FACTS
 from pipeline.bundle import BundleError, BundleLayout
-from pipeline.config import SCHEMA, ConfigError, Key, NamedSections, load_config
+from pipeline.config import SCHEMA, ConfigError, Key, ModelSection, NamedSections, load_config
 from pipeline.datasets import MissingDataError, expected_data_files
 from pipeline.stage import Stage
 
@@ -48,6 +49,11 @@ DIRECT_READERS = {
     "visual.transcode.enabled": ("transcode", f"visual-{PART}"),  # the part decodes the proxies, or not
     "text": ("queries", "subtitles"),
     "model": ("train",),
+    # A model's options count only while it is the named one (the scenarios name amdnet).
+    **{f"model.{name}": () for name in MODEL_FACTS if name != "amdnet"},
+    # clip-zero-shot (the one other model the scenarios accept: it reads pooled queries) brings the
+    # text encoder of the visual CLIP with it.
+    "model.name": ("train", "queries", "subtitles"),
     "train": ("train",),
     # Subtitle features come and go with it (ExportBundle exports video and query features only).
     "train.use_subtitles": ("train", "subtitles"),
@@ -82,10 +88,11 @@ ALTERNATIVES = {
     "text.pretrained": ["openai"],
     "text.device": ["cpu", "cuda"],
     "evaluate.device": ["cpu", "cuda"],
+    "evaluate.span_rule": ["anchor", "whole"],
     "search.host": ["0.0.0.0"],
     "search.device": ["cuda", "cpu"],
     "train.device": ["cpu", "cuda"],
-    "model.query_pooling": list(QUERY_POOLINGS),
+    "model.amdnet.query_pooling": list(QUERY_POOLINGS),
     "train.query_input": list(QUERY_INPUTS),
 }
 
@@ -100,6 +107,8 @@ def schema_keys(schema: dict = SCHEMA, prefix: str = ""):
     for name, spec in schema.items():
         if isinstance(spec, Key):
             yield prefix + name, spec
+        elif isinstance(spec, ModelSection):
+            yield from schema_keys(spec.schema, f"{prefix}{name}.")
         else:
             named = isinstance(spec, NamedSections)  # one entry per name the user chooses: "*"
             yield from schema_keys(spec.schema if named else spec, f"{prefix}{name}.{'*.' if named else ''}")

@@ -7,6 +7,7 @@ from amdnet import AMDNet, ModelConfig, TrainConfig
 from amdnet.evaluate import cosine_scores
 from amdnet.losses import amdnet_loss
 from model_batches import CAPTION_TO_VIDEO, QUERY_DIM, VIDEO_DIM, make_batch
+from models.configs import MODEL_FACTS
 from models import RetrievalModel, concat_rows, create_model, list_models, model_class, register_model, take_rows
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -143,10 +144,14 @@ def test_scores_are_the_same_computed_in_small_slices(name, monkeypatch):
         torch.testing.assert_close(model.score(queries, videos), whole)
 
 
-def test_a_model_must_declare_inputs_the_batch_has():
+def test_a_model_must_agree_with_the_facts_configs_are_checked_against(monkeypatch):
     class Odd(model_class("gmmformer")):
         video_inputs = ("pixels",)
 
-    with pytest.raises(TypeError, match="video inputs among \\('clips', 'frames'\\)"):
+    with pytest.raises(TypeError, match="'odd' has no entry in models.configs.MODEL_FACTS"):
         register_model("odd")(Odd)
+    monkeypatch.setitem(MODEL_FACTS, "odd", MODEL_FACTS["gmmformer"])
+    with pytest.raises(TypeError, match="Odd disagrees with models.configs.MODEL_FACTS\\['odd'\\]"):
+        register_model("odd")(Odd)
+    monkeypatch.undo()
     assert "odd" not in list_models()

@@ -73,7 +73,7 @@ def test_index_holds_what_a_query_needs(demo, searcher):
         assert f.attrs["use_subtitles"] and f.attrs["query_input"] == "pooled"
         assert not any("/" in name for name in f)  # ids are data, not HDF5 paths
     metrics = json.loads((evaluate.out_dir / "metrics.json").read_text())
-    assert n_videos == metrics["n_videos"] and n_clips == index.config["model"]["map_size"]
+    assert n_videos == metrics["n_videos"] and n_clips == index.config["model"]["amdnet"]["map_size"]
     assert np.all(spans[:, 0, 0] == 0) and np.allclose(spans[:, -1, 1], durations, atol=1e-3)
     assert np.all(spans[:, :, 1] >= spans[:, :, 0])
     assert not (index.out_dir / "index.h5.partial").exists()
