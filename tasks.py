@@ -101,8 +101,8 @@ class PrepareDataset(Stage):
         files = {str(path): content_hash(path) for path in self._annotation_files()}
         return {**super()._fingerprint_payload(), "files": files, "videos": videos}
 
-    @property
-    def root(self) -> Path:
+    @cached_property
+    def root(self) -> Path:  # cached: read once per video by the fingerprint
         data = self.config["data"]
         return self.upstream_dir("demo") if data["source"] == "demo" else resolve_data_root(data["root"])
 

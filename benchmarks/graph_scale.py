@@ -471,7 +471,7 @@ def decode_and_model_seconds(config: dict, data_root: Path, n_videos_of: dict[Pa
 
     from extractors.decode import decode_frames, sample_times
     from pipeline.features import _create_extractor
-    from pipeline.visual import part_settings
+    from pipeline.backbones import part_settings
 
     visual = part_settings(config["visual"], "clip")
     extractor = _create_extractor({**visual, "device": "cpu"})

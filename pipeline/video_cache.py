@@ -44,7 +44,7 @@ import socket
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from stat import S_ISDIR
+from stat import S_ISDIR, S_ISLNK
 from typing import Iterator
 
 import h5py
@@ -114,11 +114,12 @@ class ContentHashes:
             self._changed = False
 
 
-def _relative(path: Path, root: Path) -> str:
+def _relative(path: Path, root: Path, is_link: bool | None = None) -> str:
     """``path`` relative to ``root``, both with links resolved; the whole resolved path when outside.
-    String operations and one realpath per folder: this runs once per video on every command."""
+    String operations and one realpath per folder: this runs once per video on every command.
+    ``is_link``: whether ``path`` is a symbolic link, when the caller knows (None: look)."""
     text = os.fspath(path)
-    if os.path.islink(text):
+    if os.path.islink(text) if is_link is None else is_link:
         real = os.path.realpath(text)
     else:
         real = os.path.join(_resolved_folder(os.path.dirname(text) or "."), os.path.basename(text))
@@ -139,21 +140,26 @@ def video_identity(path: Path, root: Path, mode: str, hashes: ContentHashes | No
     unchanged: the same bytes anywhere have the same identity). A frame folder: each frame file."""
     if mode not in IDENTITY_MODES:
         raise ValueError(f"video identity {mode!r}: expected one of {', '.join(IDENTITY_MODES)}")
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)  # Path(a Path) parses it again
     try:
-        files = _files_with_stats(path)
+        link_stat = os.lstat(path)
     except FileNotFoundError:  # kept in the manifest by data.on_problem; extraction will report it
         return _digest({"missing": _relative(path, root)})
+    is_link = S_ISLNK(link_stat.st_mode)
+    try:  # one syscall for a plain file: its lstat is its stat
+        files = _files_with_stats(path, os.stat(path) if is_link else link_stat)
+    except FileNotFoundError:  # a link to nothing
+        return _digest({"missing": _relative(path, root, is_link)})
     if mode == "content":
         hashes = hashes or ContentHashes(None)
         return _digest({"content": [[name, hashes.of(file, stat)] for name, file, stat in files]})
-    return _digest({"path": _relative(path, root), "files": [[file.name, stat.st_size, stat.st_mtime_ns]
-                                                             for _, file, stat in files]})
+    return _digest({"path": _relative(path, root, is_link), "files": [[file.name, stat.st_size, stat.st_mtime_ns]
+                                                                      for _, file, stat in files]})
 
 
-def _files_with_stats(path: Path) -> list[tuple[str, Path, os.stat_result]]:
-    """(name in the identity, file, its stat): a file as "", a frame folder's files by name, sorted."""
-    stat = path.stat()
+def _files_with_stats(path: Path, stat: os.stat_result) -> list[tuple[str, Path, os.stat_result]]:
+    """(name in the identity, file, its stat): a file as "", a frame folder's files by name, sorted;
+    ``stat``: the stat of ``path`` itself."""
     if not S_ISDIR(stat.st_mode):
         return [("", path, stat)]
     with os.scandir(path) as entries:

@@ -16,6 +16,7 @@ import pytest
 import tasks
 from conftest import make_tiny_config
 from luigi.task_register import Register
+from pipeline.datasets import folder_videos
 from pipeline.explain import explain, format_report
 from pipeline.sharding import assign_shards
 from pipeline.video_cache import CACHE_FOLDER, RECORD_SUFFIX, clean, used_entries, video_identity
@@ -170,6 +171,35 @@ def test_shards_are_balanced_by_duration_and_stable():
     assert totals[-1] - totals[0] <= 20  # position in the list decides nothing: v0 and v1 are apart
     assert not any({"v0", "v1"} <= {video["video_id"] for video in shard} for shard in shards)
     assert assign_shards(list(reversed(videos)), 3) == [list(reversed(shard)) for shard in shards]
+
+
+def test_a_worker_reads_and_assigns_a_stages_videos_once_for_all_its_shards(dataset, run_stages):
+    config, _ = dataset
+    run_stages.build([tasks.PrepareDataset(dataset=str(config))])
+    part = _part(config)
+    reads, read = [], part.videos
+    part.videos = lambda: reads.append(1) or read()  # counts how often videos.jsonl is read and sorted
+    assert [part.shard_videos(3, index) for index in range(3)] == assign_shards(read(), 3)
+    assert [part.shard_videos(2, index) for index in range(2)] == assign_shards(read(), 2)
+    assert len(reads) == 2  # once per shard count, not once per shard
+
+
+def test_folder_videos_lists_videos_and_frame_folders_in_walk_order(tmp_path):
+    root = tmp_path / "collection"
+    (root / "b" / "frames").mkdir(parents=True)
+    for name in ("00001.jpg", "00002.JPG"):
+        (root / "b" / "frames" / name).write_bytes(b"")
+    for name in ("z.mp4", "a.MKV", "notes.txt", ".mp4", "..mp4"):
+        (root / name).write_bytes(b"")
+    (root / "b" / "c.webm").write_bytes(b"")
+    outside = tmp_path / "outside.mp4"
+    outside.write_bytes(b"")
+    (root / "link_out.mp4").symlink_to(outside)  # resolves outside the root: left out
+    (root / "link_in.mp4").symlink_to(root / "z.mp4")  # inside: kept
+    (root / "linked_folder").symlink_to(root / "b", target_is_directory=True)  # listed, not entered
+    expected = [root / name for name in ("..mp4", "a.MKV", "link_in.mp4", "z.mp4")] + \
+        [root / "b" / "c.webm", root / "b" / "frames"]
+    assert folder_videos(root) == expected
 
 
 def test_clean_removes_only_entries_no_stage_folder_uses(dataset, run_stages):
