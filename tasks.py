@@ -521,7 +521,6 @@ class Index(Stage):
     """
 
     stage, version = "index", "4"  # 4: any registered model's rows (rows/<key>), its ModelSource
-    reads = ("search.split", "search.method", "search.exact_max_videos", "search.approximate")
     collection = luigi.Parameter(default="", description='overrides naming the collection to index, e.g. '
                                                          '"data.source=folder data.root=/footage"; empty: the dataset')
 
@@ -529,38 +528,24 @@ class Index(Stage):
         return cls(dataset=self.dataset, set=f"{self.set} {self.collection}".strip())
 
     @property
-    def trained(self) -> bool:
-        """Whether the model comes from a Train stage (models.configs: its facts say it trains)."""
-        from models.configs import model_facts
-
-        return model_facts(self.config["model"]["name"]).trainable
+    def reads(self) -> tuple[str, ...]:
+        search = ("search.split", "search.method", "search.exact_max_videos", "search.approximate")
+        # As Evaluate: a training-free model's options reach no Train fingerprint, so Index reads them.
+        return search if _trainable(self) else (*search, "model")
 
     def upstream(self):
-        stages = {"dataset": self._collection_stage(PrepareDataset), "visual": self._collection_stage(VisualFeatures)}
-        if self.trained:
-            stages["train"] = self.clone(Train)
-            if self.config["train"]["use_subtitles"]:
-                stages["subtitles"] = self._collection_stage(SubtitleFeatures)
+        stages = {**_model_stages(self), "dataset": self._collection_stage(PrepareDataset),
+                  "visual": self._collection_stage(VisualFeatures)}
+        if _reads_subtitles(self):
+            stages["subtitles"] = self._collection_stage(SubtitleFeatures)
         return stages
 
-    def model_source(self):
-        """The model as models.checkpoints.ModelSource: Train's best checkpoint, or the training-free model."""
-        from models.checkpoints import ModelSource
-
-        if self.trained:
-            return ModelSource.from_checkpoint(self.upstream_dir("train") / "best.pt")
-        return ModelSource.training_free(self.config)
-
     def model_identity(self) -> str:
-        """What names the model in fingerprints and video keys: Train's fingerprint (its config and
-        inputs), or a training-free model's source (name and options: a changed option re-encodes)."""
-        if self.trained:
+        """What names the model in lineages and video keys: Train's fingerprint (its config and inputs),
+        or a training-free model's source (its name and options: a changed option re-encodes)."""
+        if _trainable(self):
             return self.upstream()["train"].fingerprint
-        return self.model_source().to_json()
-
-    def _fingerprint_payload(self) -> dict:
-        payload = super()._fingerprint_payload()
-        return payload if self.trained else {**payload, "model": self.model_identity()}
+        return _model_source(self).to_json()
 
     @cached_property
     def lineage(self) -> str:
@@ -599,7 +584,7 @@ class Index(Stage):
         dataset_dir = self.out_dir.parent.parent
         proxies = VideoCache.for_stage(dataset_dir, PROXY_SETTINGS["stage"], PROXY_SETTINGS, ".mp4")
         with stage_lock(dataset_dir / CACHE_FOLDER, shared=True):  # no clean-up of proxies before they are listed
-            report = build_index(self.model_source(), videos, stages["visual"].features,
+            report = build_index(_model_source(self), videos, stages["visual"].features,
                                  None if subtitles is None else subtitles.features, stages["dataset"].config["text"],
                                  out_dir, {"stage": self.stage, "fingerprint": self.fingerprint,
                                            "frame_fps": stages["dataset"].config["data"]["frame_fps"]},

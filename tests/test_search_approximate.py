@@ -130,7 +130,7 @@ def approximate_searcher(demo):
     index = tasks.Index(dataset=str(path), set="search.method=approximate")
     assert luigi.build([index], local_scheduler=True, log_level="WARNING")
     with h5py.File(index.out_dir / "index.h5") as f:
-        assert f.attrs["search_method"] == "approximate" and f["clip_embeddings"].dtype == np.float16
+        assert f.attrs["search_method"] == "approximate" and f["rows/clip_features"].dtype == np.float16
     return Searcher(index.out_dir, span_rule=index.config["evaluate"]["span_rule"])
 
 

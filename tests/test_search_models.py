@@ -147,3 +147,135 @@ def test_search_equals_the_models_ranking(work, tmp_path, name):
             np.testing.assert_allclose([hit.score for hit in hits], scores, atol=1e-5)
             np.testing.assert_allclose([[hit.start, hit.end] for hit in hits], spans, atol=1e-4)
         searcher.hold.close()
+
+
+# ---- through the graph: Evaluate and Index of each model, as `make search` builds them ---------------
+
+LUIGI_OVERRIDES = {"amdnet": "", "ms-sl": "model.name=ms-sl train.query_input=tokens model.ms-sl.hidden_size=32",
+                   "gmmformer": "model.name=gmmformer train.query_input=tokens model.gmmformer.hidden_size=32",
+                   "clip-zero-shot": CLIP}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_search_equals_evaluate_for_every_model(work, name):
+    """Evaluate's predictions.jsonl (top-10 ids, order, scores to 1e-5, spans) are what the search of
+    the same model's Index answers for each test query."""
+    path, _ = work
+    overrides = LUIGI_OVERRIDES[name]
+    index, evaluate = tasks.Index(dataset=str(path), set=overrides), tasks.Evaluate(dataset=str(path), set=overrides)
+    assert luigi.build([evaluate, index], local_scheduler=True, log_level="WARNING")
+    searcher = Searcher(index.out_dir)  # the model's default span rule, which Evaluate's config resolves to
+    assert searcher.span_rule == evaluate.config["evaluate"]["span_rule"] and searcher.inputs["model"] == name
+    texts = {q["cap_id"]: q["text"] for q in read_queries(evaluate.upstream_dir("dataset") / "queries.jsonl", "test")}
+    predictions = [json.loads(line) for line in (evaluate.out_dir / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) >= 4
+    for record in predictions:
+        top = record["top10"]
+        hits = searcher.search(texts[record["cap_id"]], k=len(top))
+        assert [hit.video_id for hit in hits] == [entry["video_id"] for entry in top], (name, record["cap_id"])
+        np.testing.assert_allclose([hit.score for hit in hits], [entry["score"] for entry in top], atol=1e-5)
+        np.testing.assert_allclose([[hit.start, hit.end] for hit in hits], [entry["span"] for entry in top],
+                                   atol=1e-4)
+    searcher.hold.close()
+
+
+def test_an_index_of_another_model_grows_by_what_changed(work, tmp_path):
+    """MS-SL's rows (frame keys and values, bool frame masks) copied from the index a grown collection
+    supersedes: only the new videos are encoded, and the answers equal a full rebuild's."""
+    path, _ = work
+    stages = _stages(path, "train.query_input=tokens")
+    source = _source("ms-sl", stages, tmp_path)
+    videos = _split_videos(stages, "train")
+    first = _index(source, stages, tmp_path / "first", videos[:-3])
+    grown = _index(source, stages, tmp_path / "grown", videos, previous=tmp_path / "first")
+    rebuilt = _index(source, stages, tmp_path / "rebuilt", videos)
+    assert (first["encoded"], grown["encoded"], grown["reused"]) == (len(videos) - 3, 3, len(videos) - 3)
+    assert rebuilt["encoded"] == len(videos)
+    with h5py.File(tmp_path / "grown" / "index.h5") as f:
+        assert f["rows/frame_mask"].dtype == bool and f["rows/frame_keys"].shape[1] == TINY_OPTIONS["ms-sl"]["max_frames"]
+    grown_searcher, rebuilt_searcher = Searcher(tmp_path / "grown"), Searcher(tmp_path / "rebuilt")
+    for text in ("a red square", "people talking in a kitchen"):
+        grown_hits, rebuilt_hits = grown_searcher.search(text, k=len(videos)), rebuilt_searcher.search(text, k=len(videos))
+        assert [hit.video_id for hit in grown_hits] == [hit.video_id for hit in rebuilt_hits]
+        np.testing.assert_allclose([hit.score for hit in grown_hits], [hit.score for hit in rebuilt_hits], atol=1e-6)
+        np.testing.assert_allclose([[h.start, h.end] for h in grown_hits], [[h.start, h.end] for h in rebuilt_hits])
+
+
+def test_span_rules_and_approximate_search_a_model_lacks_are_one_line(work, tmp_path, capsys):
+    path, _ = work
+    stages = _stages(path, CLIP)
+    _index(ModelSource.training_free(stages["dataset"].config), stages, tmp_path / "index", _split_videos(stages))
+    with pytest.raises(SearchError, match=r"span rule 'anchor': model 'clip-zero-shot' has none such; choose one "
+                                          r"of best_window, whole"):
+        Searcher(tmp_path / "index", span_rule="anchor")
+    with pytest.raises(ValueError, match="only amdnet can be searched approximately"):
+        _index(ModelSource.training_free(stages["dataset"].config), stages, tmp_path / "other",
+               _split_videos(stages), method="approximate")
+    assert not (tmp_path / "other" / "index.h5.partial").exists()
+    assert search_cli(["--dataset", str(path), "--set", f"{CLIP} search.method=approximate", "a red square"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: search.method=approximate: only amdnet can be searched approximately, "
+                            "not model 'clip-zero-shot'") and len(error.strip().splitlines()) == 1
+
+
+# ---- clip-zero-shot: search right after the features, no Train stage ---------------------------------
+
+
+def _no_train_folder(root: Path) -> None:
+    assert not [folder for folder in root.rglob("train") if folder.is_dir()], "a train/ folder was created"
+
+
+def test_clip_zero_shot_searches_the_demo_without_training(work):
+    """`make search` with clip-zero-shot, as a user runs it (its own process), on a work folder whose
+    features exist: it answers, as the search function does, and nothing is trained."""
+    path, root = work
+    query = "a cartoon rabbit in a meadow"
+    result = subprocess.run([sys.executable, "-m", "search", "--dataset", str(path), "--set", CLIP, query, "-k", "3",
+                             "--json"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    hits = [json.loads(line) for line in result.stdout.splitlines()]
+    index = tasks.Index(dataset=str(path), set=CLIP)
+    expected = Searcher(index.out_dir).search(query, k=3)
+    assert [hit["video_id"] for hit in hits] == [hit.video_id for hit in expected] and len(hits) == 3
+    np.testing.assert_allclose([hit["score"] for hit in hits], [hit.score for hit in expected], atol=1e-6)
+    assert "train" not in index.upstream() and not (index.dataset_dir / "train").exists()
+    _no_train_folder(root)
+
+
+def test_clip_zero_shot_indexes_a_folder_of_new_videos_in_one_command(work, tmp_path):
+    path, root = work
+    folder = tmp_path / "footage"
+    (folder / "street").mkdir(parents=True)
+    make_testsrc_video(folder / "street" / "cars.mp4", seconds=4, fps=10)
+    make_testsrc_video(folder / "beach.mp4", seconds=3, fps=10)
+    result = subprocess.run([sys.executable, "-m", "search", "index", "--dataset", str(path), "--set", CLIP,
+                             "--folder", str(folder)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("indexed 2 videos in "), result.stdout
+    index_dir = Path(re.search(r" videos in (\S+) ", result.stdout)[1])
+    searcher = Searcher(index_dir)
+    assert sorted(searcher.video_ids) == ["beach.mp4", "street/cars.mp4"] and searcher.inputs["model"] == "clip-zero-shot"
+    hits = searcher.search("a test card", k=2)
+    assert all(0 <= hit.start < hit.end <= hit.duration + 1e-6 for hit in hits)
+    _no_train_folder(root)
+
+
+def test_the_api_answers_with_clip_zero_shot(work):
+    from test_search import _get, running_server
+
+    path, _ = work
+    index = tasks.Index(dataset=str(path), set=CLIP)
+    assert luigi.build([index], local_scheduler=True, log_level="WARNING")
+    searcher = Searcher(index.out_dir)
+    with running_server(searcher, default_k=3) as server:
+        status, _, body = _get(server, "/api/search?q=colour%20bars&k=4")
+        assert status == 200
+        answer = json.loads(body)
+        expected = searcher.search("colour bars", k=4)
+        assert [r["video_id"] for r in answer["results"]] == [hit.video_id for hit in expected]
+        np.testing.assert_allclose([r["score"] for r in answer["results"]], [hit.score for hit in expected])
+        assert answer["inputs"]["model"] == "clip-zero-shot" and answer["span_rule"] == "best_window"
+        assert answer["method"] == "exact" and answer["inputs"]["subtitles"] is False
+        info = json.loads(_get(server, "/api/info")[2])
+        assert info["inputs"]["model"] == "clip-zero-shot" and info["videos"] == len(searcher.video_ids)
+    searcher.hold.close()
