@@ -503,34 +503,49 @@ class Evaluate(Stage):
 
 
 class Index(Stage):
-    """Encodes every video of a collection once with the trained model: what search/ reads.
+    """Encodes every video of a collection once with the model: what search/ reads.
 
-    The model comes from the dataset's own config (``--dataset``, ``--set``); the collection is that
-    same config with the ``collection`` overrides on top, e.g. ``data.source=folder data.root=/footage``:
-    its visual (and subtitle) features are extracted with the model's own recipe.
+    The model comes from the dataset's own config (``--dataset``, ``--set``): the checkpoint Train
+    writes, or, for a training-free model (clip-zero-shot), its name and options, with no Train stage.
+    The collection is that same config with the ``collection`` overrides on top, e.g.
+    ``data.source=folder data.root=/footage``: its visual (and subtitle) features are extracted with
+    the model's own recipe.
 
     A changed collection gets a new folder (its fingerprint covers the videos), built from the index it
     supersedes: the newest complete folder of the same *lineage* (this stage's fingerprint without the
-    collection's content: the checkpoint, the search settings, the collection's location and recipe).
-    Each video is keyed by the checkpoint and its feature-cache entries (``video_keys``); only videos
-    whose key the superseded index lacks are encoded (search/index.py). Once this folder is published,
-    the folders it supersedes are deleted unless a searcher holds them (pipeline/superseded.py).
+    collection's content: the model, the search settings, the collection's location and recipe).
+    Each video is keyed by the model (Train's fingerprint, or the training-free model's source) and its
+    feature-cache entries (``video_keys``); only videos whose key the superseded index lacks are encoded
+    (search/index.py). Once this folder is published, the folders it supersedes are deleted unless a
+    searcher holds them (pipeline/superseded.py).
     """
 
-    stage, version = "index", "3"  # 3: per-video keys, incremental updates, proxies in the per-video cache
-    reads = ("search.split", "search.method", "search.exact_max_videos", "search.approximate")
+    stage, version = "index", "4"  # 4: any registered model's rows (rows/<key>), its ModelSource
     collection = luigi.Parameter(default="", description='overrides naming the collection to index, e.g. '
                                                          '"data.source=folder data.root=/footage"; empty: the dataset')
 
     def _collection_stage(self, cls) -> Stage:
         return cls(dataset=self.dataset, set=f"{self.set} {self.collection}".strip())
 
+    @property
+    def reads(self) -> tuple[str, ...]:
+        search = ("search.split", "search.method", "search.exact_max_videos", "search.approximate")
+        # As Evaluate: a training-free model's options reach no Train fingerprint, so Index reads them.
+        return search if _trainable(self) else (*search, "model")
+
     def upstream(self):
-        stages = {"train": self.clone(Train), "dataset": self._collection_stage(PrepareDataset),
+        stages = {**_model_stages(self), "dataset": self._collection_stage(PrepareDataset),
                   "visual": self._collection_stage(VisualFeatures)}
-        if self.config["train"]["use_subtitles"]:
+        if _reads_subtitles(self):
             stages["subtitles"] = self._collection_stage(SubtitleFeatures)
         return stages
+
+    def model_identity(self) -> str:
+        """What names the model in lineages and video keys: Train's fingerprint (its config and inputs),
+        or a training-free model's source (its name and options: a changed option re-encodes)."""
+        if _trainable(self):
+            return self.upstream()["train"].fingerprint
+        return _model_source(self).to_json()
 
     @cached_property
     def lineage(self) -> str:
@@ -542,7 +557,7 @@ class Index(Stage):
 
         collection = self.upstream()["dataset"].config
         return hash_payload({"stage": self.stage, "version": self.version, "config": result_subset(self.config, self.reads),
-                             "train": self.upstream()["train"].fingerprint,
+                             "model": self.model_identity(),
                              "collection": result_subset(collection, ("data", "visual", "text"))})
 
     def run(self):
@@ -569,7 +584,7 @@ class Index(Stage):
         dataset_dir = self.out_dir.parent.parent
         proxies = VideoCache.for_stage(dataset_dir, PROXY_SETTINGS["stage"], PROXY_SETTINGS, ".mp4")
         with stage_lock(dataset_dir / CACHE_FOLDER, shared=True):  # no clean-up of proxies before they are listed
-            report = build_index(self.upstream_dir("train") / "best.pt", videos, stages["visual"].features,
+            report = build_index(_model_source(self), videos, stages["visual"].features,
                                  None if subtitles is None else subtitles.features, stages["dataset"].config["text"],
                                  out_dir, {"stage": self.stage, "fingerprint": self.fingerprint,
                                            "frame_fps": stages["dataset"].config["data"]["frame_fps"]},
@@ -579,7 +594,7 @@ class Index(Stage):
         return {**report, "lineage": self.lineage}
 
     def keyed_videos(self, videos: list[dict]) -> list[dict]:
-        """The records with their ``index_key``: the checkpoint, the video's entries in the feature cache
+        """The records with their ``index_key``: the model, the video's entries in the feature cache
         of every visual part (its identity, duration and the part's settings), the settings that pool
         them and, when the model reads subtitles, the video's subtitles and their settings."""
         from pipeline.stage import hash_payload
@@ -587,7 +602,7 @@ class Index(Stage):
         stages = self.upstream()
         parts = stages["visual"].parts
         records = {name: {video["video_id"]: video for video in part.videos()} for name, part in parts.items()}
-        common = {"train": stages["train"].fingerprint, "visual": stages["visual"]._fingerprint_payload()["config"],
+        common = {"model": self.model_identity(), "visual": stages["visual"]._fingerprint_payload()["config"],
                   "visual_version": stages["visual"].version}
         subtitles_of = {}
         if "subtitles" in stages:
