@@ -10,7 +10,7 @@ K ?= 5
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup demo test features train evaluate explain search serve report clean clean-cache luigid luigid-stop worker workers
+.PHONY: setup demo test features train evaluate explain search serve compare report clean clean-cache luigid luigid-stop worker workers
 
 setup: $(STAMP)
 
@@ -37,6 +37,12 @@ train: $(STAMP)
 evaluate: $(STAMP)
 	$(BIN)/luigi --module tasks Evaluate --dataset $(DATASET) --set "$(SET)"
 	$(BIN)/python -m tasks --dataset $(DATASET) --set "$(SET)"
+
+# Every registered model (or MODELS=amdnet,ms-sl) trained if it trains, evaluated and indexed on the
+# same features of DATASET, and one table of their results (docs/models.md).
+MODELS ?=
+compare: $(STAMP)
+	$(BIN)/python -m tasks compare --dataset $(DATASET) --set "$(SET)" $(if $(MODELS),--models $(MODELS))
 
 # Each stage: complete or not, its folder, and why it will run; FORCE="visual-clip train" reruns those
 # stages and every stage after them.

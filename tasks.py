@@ -1,12 +1,15 @@
-"""The pipeline as one Luigi graph: raw videos -> features -> trained and evaluated AMDNet.
+"""The pipeline as one Luigi graph: raw videos -> features -> a trained (or training-free) model, evaluated.
 
     luigi --module tasks FullPipeline --dataset demo [--set "train.max_epochs=5"]
     python -m tasks --dataset demo        # print the metrics table and the output folders
+    python -m tasks compare --dataset demo [--models amdnet,ms-sl]   # every registered model, one table
 
 DemoDataset (demo only) -> PrepareDataset -> VisualFeatures ---------------------\\
                                           -> QueryFeatures ----------------------> Train -> Evaluate
                                           -> SubtitleFeatures (train.use_subtitles)/
 
+The model is the config's model.name (models/configs.py). A training-free one (clip-zero-shot) has no
+Train stage: Evaluate and Index build it from its options, right after the features.
 VisualFeatures reads one VisualPart per backbone (after Transcode, when visual.transcode is on); those
 per-video stages run as shard tasks into the per-video cache (pipeline/sharding.py, video_cache.py).
 """
@@ -17,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -372,20 +376,32 @@ class SubtitleFeatures(_FeatureStage):
                                 {"stage": self.stage, "fingerprint": self.fingerprint})
 
 
+def _trainable(task: DatasetTask) -> bool:
+    from models.configs import model_facts
+
+    return model_facts(task.config["model"]["name"]).trainable
+
+
 def _manifest_stage(task: DatasetTask) -> Stage:
     """Where queries.jsonl comes from: the dataset's own files, or the imported feature bundle."""
     return task.clone(ImportBundle if task.config["features"]["source"] == "bundle" else PrepareDataset)
 
 
+def _reads_subtitles(task: DatasetTask) -> bool:
+    """Whether the config's model reads subtitle features: train.use_subtitles, for a trained model (a
+    training-free one reads its CLIP features alone, models.checkpoints.ModelSource.training_free)."""
+    return task.config["train"]["use_subtitles"] and _trainable(task)
+
+
 def _feature_stages(task: DatasetTask) -> dict[str, Stage]:
     """The extraction stages whose features Train and Evaluate read (none with a feature bundle)."""
     if task.config["features"]["source"] == "bundle":
-        if task.config["train"]["use_subtitles"]:
+        if _reads_subtitles(task):
             raise ConfigError(f"dataset {task.config['name']!r}: features.source=bundle has no subtitle "
                               f"features; set train.use_subtitles=false")
         return {}
     stages = {"visual": task.clone(VisualFeatures), "queries": task.clone(QueryFeatures)}
-    if task.config["train"]["use_subtitles"]:
+    if _reads_subtitles(task):
         stages["subtitles"] = task.clone(SubtitleFeatures)
     return stages
 
@@ -421,71 +437,115 @@ class ExportBundle(Stage):
                              BundleLayout(out_dir / collection, collection))
 
 
+def _model_stages(task: DatasetTask) -> dict[str, Stage]:
+    """The stage the config's model comes from: Train, or none for a training-free model."""
+    return {"train": task.clone(Train)} if _trainable(task) else {}
+
+
+def _model_source(task: Stage):
+    """The model a stage downstream of ``_model_stages`` scores with: Train's best checkpoint, or the
+    training-free model built from the config's options."""
+    from models.checkpoints import ModelSource
+
+    if _trainable(task):
+        return ModelSource.from_checkpoint(task.upstream_dir("train") / "best.pt")
+    return ModelSource.training_free(task.config)
+
+
 class Train(Stage):
-    """Trains AMDNet on the train split, selecting the epoch with the best validation SumR."""
+    """Trains the config's model (model.name) on the train split, selecting the epoch with the best
+    validation SumR. A training-free model has no Train stage: asking for one is a config error."""
 
     stage, version, reads = "train", "2", ("model", "train")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not _trainable(self):
+            raise ConfigError(f"{self.dataset}: model {self.config['model']['name']} is not trained: "
+                              f"run Evaluate, or `make search`")
 
     def upstream(self):
         return {"dataset": _manifest_stage(self), **_feature_stages(self)}
 
     def build(self, out_dir):
         from amdnet.train import train
-        from pipeline.config import model_settings, train_config
+        from models.configs import model_options
+        from pipeline.config import train_config
 
-        summary = train(model_settings(self.config), train_config(self.config), _feature_files(self),
-                        self.upstream_dir("dataset") / "queries.jsonl", out_dir)
+        summary = train(self.config["model"]["name"], model_options(self.config), train_config(self.config),
+                        _feature_files(self), self.upstream_dir("dataset") / "queries.jsonl", out_dir)
         return {"summary": summary}
 
 
 class Evaluate(Stage):
-    """Ranks every test video for every test query with the best checkpoint; writes metrics."""
+    """Ranks every test video for every test query with the config's model (Train's best checkpoint, or
+    a training-free model as it is); writes metrics."""
 
-    stage, version, reads = "evaluate", "1", ("evaluate",)
+    stage, version = "evaluate", "1"
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        # A trained model's options reach this fingerprint through Train's; a training-free model has
+        # no Train stage, so Evaluate reads them itself.
+        return ("evaluate",) if _trainable(self) else ("evaluate", "model")
 
     def upstream(self):
-        return {"train": self.clone(Train), "dataset": _manifest_stage(self), **_feature_stages(self)}
+        return {**_model_stages(self), "dataset": _manifest_stage(self), **_feature_stages(self)}
 
     def build(self, out_dir):
         from amdnet.evaluate import evaluate
 
-        settings = self.config["evaluate"]
-        metrics = evaluate(self.upstream_dir("train") / "best.pt", _feature_files(self),
-                           self.upstream_dir("dataset") / "queries.jsonl", settings["split"], out_dir,
-                           chunk_size=settings["chunk_size"], device=settings["device"],
+        settings = self.config["evaluate"]  # span_rule: the config check filled in the model's default
+        metrics = evaluate(_model_source(self), _feature_files(self), self.upstream_dir("dataset") / "queries.jsonl",
+                           settings["split"], out_dir, chunk_size=settings["chunk_size"], device=settings["device"],
                            span_rule=settings["span_rule"])
         return {"metrics": metrics}
 
 
 class Index(Stage):
-    """Encodes every video of a collection once with the trained model: what search/ reads.
+    """Encodes every video of a collection once with the model: what search/ reads.
 
-    The model comes from the dataset's own config (``--dataset``, ``--set``); the collection is that
-    same config with the ``collection`` overrides on top, e.g. ``data.source=folder data.root=/footage``:
-    its visual (and subtitle) features are extracted with the model's own recipe.
+    The model comes from the dataset's own config (``--dataset``, ``--set``): the checkpoint Train
+    writes, or, for a training-free model (clip-zero-shot), its name and options, with no Train stage.
+    The collection is that same config with the ``collection`` overrides on top, e.g.
+    ``data.source=folder data.root=/footage``: its visual (and subtitle) features are extracted with
+    the model's own recipe.
 
     A changed collection gets a new folder (its fingerprint covers the videos), built from the index it
     supersedes: the newest complete folder of the same *lineage* (this stage's fingerprint without the
-    collection's content: the checkpoint, the search settings, the collection's location and recipe).
-    Each video is keyed by the checkpoint and its feature-cache entries (``video_keys``); only videos
-    whose key the superseded index lacks are encoded (search/index.py). Once this folder is published,
-    the folders it supersedes are deleted unless a searcher holds them (pipeline/superseded.py).
+    collection's content: the model, the search settings, the collection's location and recipe).
+    Each video is keyed by the model (Train's fingerprint, or the training-free model's source) and its
+    feature-cache entries (``video_keys``); only videos whose key the superseded index lacks are encoded
+    (search/index.py). Once this folder is published, the folders it supersedes are deleted unless a
+    searcher holds them (pipeline/superseded.py).
     """
 
-    stage, version = "index", "3"  # 3: per-video keys, incremental updates, proxies in the per-video cache
-    reads = ("search.split", "search.method", "search.exact_max_videos", "search.approximate")
+    stage, version = "index", "4"  # 4: any registered model's rows (rows/<key>), its ModelSource
     collection = luigi.Parameter(default="", description='overrides naming the collection to index, e.g. '
                                                          '"data.source=folder data.root=/footage"; empty: the dataset')
 
     def _collection_stage(self, cls) -> Stage:
         return cls(dataset=self.dataset, set=f"{self.set} {self.collection}".strip())
 
+    @property
+    def reads(self) -> tuple[str, ...]:
+        search = ("search.split", "search.method", "search.exact_max_videos", "search.approximate")
+        # As Evaluate: a training-free model's options reach no Train fingerprint, so Index reads them.
+        return search if _trainable(self) else (*search, "model")
+
     def upstream(self):
-        stages = {"train": self.clone(Train), "dataset": self._collection_stage(PrepareDataset),
+        stages = {**_model_stages(self), "dataset": self._collection_stage(PrepareDataset),
                   "visual": self._collection_stage(VisualFeatures)}
-        if self.config["train"]["use_subtitles"]:
+        if _reads_subtitles(self):
             stages["subtitles"] = self._collection_stage(SubtitleFeatures)
         return stages
+
+    def model_identity(self) -> str:
+        """What names the model in lineages and video keys: Train's fingerprint (its config and inputs),
+        or a training-free model's source (its name and options: a changed option re-encodes)."""
+        if _trainable(self):
+            return self.upstream()["train"].fingerprint
+        return _model_source(self).to_json()
 
     @cached_property
     def lineage(self) -> str:
@@ -497,7 +557,7 @@ class Index(Stage):
 
         collection = self.upstream()["dataset"].config
         return hash_payload({"stage": self.stage, "version": self.version, "config": result_subset(self.config, self.reads),
-                             "train": self.upstream()["train"].fingerprint,
+                             "model": self.model_identity(),
                              "collection": result_subset(collection, ("data", "visual", "text"))})
 
     def run(self):
@@ -524,7 +584,7 @@ class Index(Stage):
         dataset_dir = self.out_dir.parent.parent
         proxies = VideoCache.for_stage(dataset_dir, PROXY_SETTINGS["stage"], PROXY_SETTINGS, ".mp4")
         with stage_lock(dataset_dir / CACHE_FOLDER, shared=True):  # no clean-up of proxies before they are listed
-            report = build_index(self.upstream_dir("train") / "best.pt", videos, stages["visual"].features,
+            report = build_index(_model_source(self), videos, stages["visual"].features,
                                  None if subtitles is None else subtitles.features, stages["dataset"].config["text"],
                                  out_dir, {"stage": self.stage, "fingerprint": self.fingerprint,
                                            "frame_fps": stages["dataset"].config["data"]["frame_fps"]},
@@ -534,7 +594,7 @@ class Index(Stage):
         return {**report, "lineage": self.lineage}
 
     def keyed_videos(self, videos: list[dict]) -> list[dict]:
-        """The records with their ``index_key``: the checkpoint, the video's entries in the feature cache
+        """The records with their ``index_key``: the model, the video's entries in the feature cache
         of every visual part (its identity, duration and the part's settings), the settings that pool
         them and, when the model reads subtitles, the video's subtitles and their settings."""
         from pipeline.stage import hash_payload
@@ -542,7 +602,7 @@ class Index(Stage):
         stages = self.upstream()
         parts = stages["visual"].parts
         records = {name: {video["video_id"]: video for video in part.videos()} for name, part in parts.items()}
-        common = {"train": stages["train"].fingerprint, "visual": stages["visual"]._fingerprint_payload()["config"],
+        common = {"model": self.model_identity(), "visual": stages["visual"]._fingerprint_payload()["config"],
                   "visual_version": stages["visual"].version}
         subtitles_of = {}
         if "subtitles" in stages:
@@ -597,7 +657,7 @@ def report(dataset: str, overrides: str = "") -> str:
         return f"no evaluation yet at {metrics_path}: run `luigi --module tasks FullPipeline --dataset {dataset}`"
     metrics = json.loads(metrics_path.read_text())
     n_videos = metrics["n_videos"]
-    lines = [f"AMDNet on {evaluate_task.config['name']} ({metrics['split']} split: "
+    lines = [f"{evaluate_task.config['model']['name']} on {evaluate_task.config['name']} ({metrics['split']} split: "
              f"{metrics['n_queries']} queries x {n_videos} videos)",
              "",
              "| metric | model | chance |",
@@ -623,13 +683,129 @@ def _graph(task: Stage) -> list[Stage]:
     return list(seen.values())
 
 
+# The test queries whose search latency the comparison measures (after one warm-up query).
+COMPARE_SEARCH_QUERIES = 20
+
+
+@dataclass(frozen=True)
+class ComparedModel:
+    """One model of the comparison: its Evaluate stage and the Index its searcher loads."""
+
+    name: str
+    evaluate: Evaluate
+    index: Index
+
+    @classmethod
+    def of(cls, model: str, dataset: str, overrides: str) -> "ComparedModel":
+        """``model`` on ``dataset``: its preset configs/models/<model>/<dataset>.yaml where there is one
+        (the preset extends the dataset's config: same work folder, same features), else the dataset's
+        config with model.name=<model>; ``overrides`` come last."""
+        from pipeline.config import CONFIG_DIR
+
+        preset = f"models/{model}/{dataset}"
+        config = preset if (CONFIG_DIR / f"{preset}.yaml").is_file() else dataset
+        settings = f"model.name={model} {overrides}".strip()
+        return cls(model, Evaluate(dataset=config, set=settings), Index(dataset=config, set=settings))
+
+
+def compare(dataset: str, overrides: str = "", models: list[str] | None = None) -> str:
+    """Evaluates every registered model (or ``models``) on ``dataset``'s features through Luigi, builds
+    each one's search index, and returns one markdown table of their results."""
+    from models.registry import list_models
+
+    compared = [ComparedModel.of(model, dataset, overrides) for model in models or list_models()]
+    result = luigi.build([task for model in compared for task in (model.evaluate, model.index)],
+                         local_scheduler=True, detailed_summary=True, log_level="WARNING")
+    if not result.scheduling_succeeded or result.status.name not in ("SUCCESS", "SUCCESS_WITH_RETRY"):
+        raise RuntimeError(f"the comparison's stages did not all run:\n{result.summary_text}")
+    return "\n".join(comparison_table([comparison_row(model) for model in compared]))
+
+
+def comparison_row(model: ComparedModel) -> dict:
+    """The figures of one evaluated and indexed model (its stage manifests hold the timings)."""
+    metrics = json.loads((model.evaluate.out_dir / "metrics.json").read_text())
+    rule = metrics["span_rule"]
+    upstream = model.evaluate.upstream()
+    train = upstream.get("train")
+    return {"model": model.name, "metrics": metrics, "span_rule": rule,
+            "moments": metrics["moments"].get("rules", {}).get(rule),
+            "parameters": _parameter_count(model.evaluate),
+            "train_seconds": None if train is None else _manifest(train)["seconds"],
+            "evaluate_seconds": _manifest(model.evaluate)["seconds"],
+            "search_p50_ms": _search_p50_ms(model)}
+
+
+def comparison_table(rows: list[dict]) -> list[str]:
+    """Markdown lines: one row per model; the moment columns are those of each model's own span rule."""
+    from amdnet.metrics import IOU_THRESHOLDS, RECALL_LEVELS
+
+    moments = [f"IoU>={threshold} R@{k}" for threshold in IOU_THRESHOLDS for k in RECALL_LEVELS]
+    columns = ["model", *(f"R@{k}" for k in RECALL_LEVELS), "SumR", "span rule", *moments,
+               "parameters", "train s", "evaluate s", "search p50 ms"]
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    for row in rows:
+        metrics, found = row["metrics"], row["moments"]
+        cells = [row["model"], *(f"{metrics[f'R@{k}']:.1f}" for k in RECALL_LEVELS), f"{metrics['SumR']:.1f}",
+                 row["span_rule"], *(("-",) * len(moments) if found is None else (f"{found[m]:.1f}" for m in moments)),
+                 f"{row['parameters']:,}", "-" if row["train_seconds"] is None else f"{row['train_seconds']:.1f}",
+                 f"{row['evaluate_seconds']:.1f}", f"{row['search_p50_ms']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _manifest(task: Stage) -> dict:
+    return json.loads((task.out_dir / "manifest.json").read_text())
+
+
+def _parameter_count(task: Evaluate) -> int:
+    """Parameters of the model ``task`` evaluated, built for the input sizes it was trained for (a
+    training-free model: those of its CLIP features, one size for both)."""
+    from models.checkpoints import read_checkpoint
+    from models.registry import parameter_count
+    from storage.features import FeatureFile
+
+    source = _model_source(task)
+    if source.checkpoint is not None:
+        state = read_checkpoint(source.checkpoint)
+        dims = state["video_dim"], state["query_dim"]
+    else:
+        with FeatureFile(_feature_files(task).video) as videos:
+            dims = (videos.group().dim,) * 2
+    return parameter_count(source.load(*dims))
+
+
+def _search_p50_ms(model: ComparedModel) -> float:
+    """Median milliseconds the model's Searcher takes to answer one of the first test queries."""
+    import statistics
+    import time
+
+    from search.searcher import Searcher
+
+    searcher = Searcher(model.index.out_dir, span_rule=model.evaluate.config["evaluate"]["span_rule"])
+    queries = [query["text"] for query in read_jsonl(model.evaluate.upstream_dir("dataset") / "queries.jsonl")
+               if query["split"] == "test"][:COMPARE_SEARCH_QUERIES]
+    searcher.search(queries[0])  # the first call pays for lazy initialisation
+    seconds = []
+    for text in queries:
+        clock = time.perf_counter()
+        searcher.search(text)
+        seconds.append(time.perf_counter() - clock)
+    return 1000 * statistics.median(seconds)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Print the metrics and output folders of a pipeline run.")
+    parser = argparse.ArgumentParser(description="Print the metrics and output folders of a pipeline run, or "
+                                                 "(compare) evaluate every registered model and print one table.")
+    parser.add_argument("command", nargs="?", choices=("report", "compare"), default="report")
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--set", default="", help='config overrides, e.g. "train.max_epochs=5"')
+    parser.add_argument("--models", default="", help="compare: these models (comma-separated), not all registered")
     args = parser.parse_args()
     try:
-        print(report(args.dataset, args.set))
+        if args.command == "compare":
+            print(compare(args.dataset, args.set, [name for name in args.models.split(",") if name] or None))
+        else:
+            print(report(args.dataset, args.set))
     except ConfigError as err:
         raise SystemExit(f"config error: {err}") from None
 

@@ -1,4 +1,5 @@
-"""Training/evaluation data: HDF5 features binned to clips, grouped as videos with all their captions.
+"""Training/evaluation data: a model's video inputs (HDF5 feature rows binned to clips and/or sampled
+frames, models/inputs.py), grouped as videos with all their captions.
 
 Feature files are read through `storage` (the layout is in docs/data-formats.md): a video file's
 root group holds (T, Dv) per video with `timestamps` and `duration`; a query file's groups `pooled`
@@ -72,101 +73,6 @@ def bin_clips(features: np.ndarray, map_size: int = 32) -> np.ndarray:
     return np.where(counts > 0, means, features[starts]).astype(np.float32)
 
 
-class VideoCaptionDataset(Dataset):
-    """One item per video of a split: its binned clips and the features of all its captions.
-
-    Videos of a split are those with captions in that split that have video features. The feature
-    files' indexes are read here, once; their HDF5 handles are opened by each process on first use,
-    so DataLoader workers never share one.
-    """
-
-    def __init__(self, files: FeatureFiles, queries_path: Path, split: str, query_input: str = "pooled",
-                 use_subtitles: bool = False, map_size: int = 32):
-        if use_subtitles and files.subtitle is None:
-            raise ValueError("use_subtitles is set but no subtitle feature file was given")
-        self.files = files
-        self.split = split
-        self.query_group = query_input
-        self.use_subtitles = use_subtitles
-        self.map_size = map_size
-        self.video_file = FeatureFile(files.video)
-        self.query_file = FeatureFile(files.query)
-        self.subtitle_file = FeatureFile(files.subtitle) if use_subtitles else None
-
-        queries = read_queries(queries_path, split)
-        videos = self.video_file.group()
-        self.video_ids = self.videos_with_features(queries, queries_path)
-        rows = np.array([videos.position(video_id) for video_id in self.video_ids], np.int64)
-        self.num_frames = videos.lengths[rows].tolist()
-        if "duration" not in videos.entry_columns:
-            raise FeatureFileError(f"{files.video}: no 'duration' column")
-        self.durations = videos.column("duration")[rows].astype(float).tolist()
-        self.video_dim = videos.dim
-        wanted = set(self.video_ids)
-        self.captions: list[list[str]] = [[] for _ in self.video_ids]  # cap ids per video, manifest order
-        position = {video_id: index for index, video_id in enumerate(self.video_ids)}
-        for record in queries:
-            if record["video_id"] in wanted:
-                self.captions[position[record["video_id"]]].append(record["cap_id"])
-        self.query_dim = self.check_query_file()
-        if use_subtitles:
-            self.video_dim += self.check_subtitle_file()
-        self.video_file.close()  # opened again by whichever process reads items
-        self.query_file.close()
-        for num_frames in set(self.num_frames):
-            clip_bin_edges(num_frames, map_size)  # fill the cache once, before any worker forks
-
-    def videos_with_features(self, queries: list[dict], queries_path) -> list[str]:
-        videos = self.video_file.group()
-        video_ids = list(dict.fromkeys(record["video_id"] for record in queries))
-        present = [video_id for video_id in video_ids if video_id in videos]
-        if len(present) < len(video_ids):
-            missing = [video_id for video_id in video_ids if video_id not in videos]
-            log.warning("split %r: %d of %d videos of %s have no features in %s and are skipped (e.g. %s)",
-                        self.split, len(missing), len(video_ids), queries_path, self.files.video, missing[0])
-        if not present:
-            raise ValueError(f"split {self.split!r}: no video of {queries_path} has features in {self.files.video}")
-        return present
-
-    def check_query_file(self) -> int:
-        group = self.query_file.group(self.query_group)
-        missing = [cap_id for captions in self.captions for cap_id in captions if cap_id not in group]
-        if missing:
-            raise FeatureFileError(f"{self.files.query}: caption {missing[0]!r} missing from group "
-                                   f"{self.query_group!r} ({len(missing)} captions missing)")
-        return group.dim
-
-    def check_subtitle_file(self) -> int:
-        features, mask = self.subtitle_file.group("features"), self.subtitle_file.group("mask")
-        for group in (features, mask):
-            missing = [video_id for video_id in self.video_ids if video_id not in group]
-            if missing:
-                raise FeatureFileError(f"{self.files.subtitle}: video {missing[0]!r} missing from group "
-                                       f"{group.name!r}")
-        subtitle_frames = features.lengths[[features.position(video_id) for video_id in self.video_ids]]
-        for video_id, samples, num_frames in zip(self.video_ids, subtitle_frames, self.num_frames):
-            if samples != num_frames:
-                raise ValueError(f"{self.files.subtitle}: video {video_id!r} has {samples} subtitle"
-                                 f" samples but {num_frames} visual samples in {self.files.video}")
-        self.subtitle_file.close()
-        return features.dim
-
-    def __len__(self) -> int:
-        return len(self.video_ids)
-
-    def __getitem__(self, index: int) -> dict:
-        video_id = self.video_ids[index]
-        item = {"video_index": index, "video_id": video_id, "cap_ids": self.captions[index]}
-        clips = video_inputs(self.video_file, self.subtitle_file, video_id, VideoInputs(("clips",), self.map_size))["clips"]
-        item["clips"] = torch.from_numpy(clips)
-        if self.subtitle_file is not None:
-            mask = self.subtitle_file.group("mask").read(video_id).astype(np.float32)[:, None]  # (T, 1)
-            item["subtitle_mask"] = torch.from_numpy(bin_clips(mask, self.map_size)[:, 0])  # (N,) fraction
-        queries = self.query_file.group(self.query_group).gather(self.captions[index])
-        item["queries"] = [torch.from_numpy(query) for query in queries]
-        return item
-
-
 @dataclass(frozen=True)
 class VideoInputs:
     """What a model reads of each video (models/inputs.py describes the batch): "clips", its rows
@@ -209,6 +115,118 @@ def sample_frames(features: np.ndarray, max_frames: int) -> np.ndarray:
     return bin_clips(features, max_frames)
 
 
+def input_dims(files: FeatureFiles, query_input: str, use_subtitles: bool) -> tuple[int, int]:
+    """(video_dim, query_dim): the size of a video's input rows (its visual features, plus its subtitle
+    features when use_subtitles) and of the query group `query_input`. A model is built for these before
+    the datasets that feed it, which need its VideoInputs."""
+    with FeatureFile(files.video) as videos, FeatureFile(files.query) as queries:
+        video_dim, query_dim = videos.group().dim, queries.group(query_input).dim
+    if use_subtitles:
+        if files.subtitle is None:
+            raise ValueError("use_subtitles is set but no subtitle feature file was given")
+        with FeatureFile(files.subtitle) as subtitles:
+            video_dim += subtitles.group("features").dim
+    return video_dim, query_dim
+
+
+class VideoCaptionDataset(Dataset):
+    """One item per video of a split: its model inputs (`inputs`: "clips" and/or "frames", as
+    video_inputs builds them) and the features of all its captions.
+
+    Videos of a split are those with captions in that split that have video features. The feature
+    files' indexes are read here, once; their HDF5 handles are opened by each process on first use,
+    so DataLoader workers never share one.
+    """
+
+    def __init__(self, files: FeatureFiles, queries_path: Path, split: str, inputs: VideoInputs,
+                 query_input: str = "pooled", use_subtitles: bool = False):
+        if use_subtitles and files.subtitle is None:
+            raise ValueError("use_subtitles is set but no subtitle feature file was given")
+        self.files = files
+        self.split = split
+        self.query_group = query_input
+        self.use_subtitles = use_subtitles
+        self.inputs = inputs
+        self.video_file = FeatureFile(files.video)
+        self.query_file = FeatureFile(files.query)
+        self.subtitle_file = FeatureFile(files.subtitle) if use_subtitles else None
+
+        queries = read_queries(queries_path, split)
+        videos = self.video_file.group()
+        self.video_ids = self.videos_with_features(queries, queries_path)
+        rows = np.array([videos.position(video_id) for video_id in self.video_ids], np.int64)
+        self.num_frames = videos.lengths[rows].tolist()
+        if "duration" not in videos.entry_columns:
+            raise FeatureFileError(f"{files.video}: no 'duration' column")
+        self.durations = videos.column("duration")[rows].astype(float).tolist()
+        self.video_dim = videos.dim
+        wanted = set(self.video_ids)
+        self.captions: list[list[str]] = [[] for _ in self.video_ids]  # cap ids per video, manifest order
+        position = {video_id: index for index, video_id in enumerate(self.video_ids)}
+        for record in queries:
+            if record["video_id"] in wanted:
+                self.captions[position[record["video_id"]]].append(record["cap_id"])
+        self.query_dim = self.check_query_file()
+        if use_subtitles:
+            self.video_dim += self.check_subtitle_file()
+        self.video_file.close()  # opened again by whichever process reads items
+        self.query_file.close()
+        bin_counts = [inputs.map_size] * ("clips" in inputs.kinds) + [inputs.max_frames] * ("frames" in inputs.kinds)
+        for num_frames in set(self.num_frames):  # fill the cache once, before any worker forks
+            for bins in bin_counts:
+                clip_bin_edges(num_frames, bins)
+
+    def videos_with_features(self, queries: list[dict], queries_path) -> list[str]:
+        videos = self.video_file.group()
+        video_ids = list(dict.fromkeys(record["video_id"] for record in queries))
+        present = [video_id for video_id in video_ids if video_id in videos]
+        if len(present) < len(video_ids):
+            missing = [video_id for video_id in video_ids if video_id not in videos]
+            log.warning("split %r: %d of %d videos of %s have no features in %s and are skipped (e.g. %s)",
+                        self.split, len(missing), len(video_ids), queries_path, self.files.video, missing[0])
+        if not present:
+            raise ValueError(f"split {self.split!r}: no video of {queries_path} has features in {self.files.video}")
+        return present
+
+    def check_query_file(self) -> int:
+        group = self.query_file.group(self.query_group)
+        missing = [cap_id for captions in self.captions for cap_id in captions if cap_id not in group]
+        if missing:
+            raise FeatureFileError(f"{self.files.query}: caption {missing[0]!r} missing from group "
+                                   f"{self.query_group!r} ({len(missing)} captions missing)")
+        return group.dim
+
+    def check_subtitle_file(self) -> int:
+        features, mask = self.subtitle_file.group("features"), self.subtitle_file.group("mask")
+        for group in (features, mask):
+            missing = [video_id for video_id in self.video_ids if video_id not in group]
+            if missing:
+                raise FeatureFileError(f"{self.files.subtitle}: video {missing[0]!r} missing from group "
+                                       f"{group.name!r}")
+        subtitle_frames = features.lengths[[features.position(video_id) for video_id in self.video_ids]]
+        for video_id, samples, num_frames in zip(self.video_ids, subtitle_frames, self.num_frames):
+            if samples != num_frames:
+                raise ValueError(f"{self.files.subtitle}: video {video_id!r} has {samples} subtitle"
+                                 f" samples but {num_frames} visual samples in {self.files.video}")
+        self.subtitle_file.close()
+        return features.dim
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    def __getitem__(self, index: int) -> dict:
+        video_id = self.video_ids[index]
+        item = {"video_index": index, "video_id": video_id, "cap_ids": self.captions[index]}
+        for kind, rows in video_inputs(self.video_file, self.subtitle_file, video_id, self.inputs).items():
+            item[kind] = torch.from_numpy(rows)  # "clips" (N, D) and/or "frames" (F, D)
+        if self.subtitle_file is not None and "clips" in self.inputs.kinds:
+            mask = self.subtitle_file.group("mask").read(video_id).astype(np.float32)[:, None]  # (T, 1)
+            item["subtitle_mask"] = torch.from_numpy(bin_clips(mask, self.inputs.map_size)[:, 0])  # (N,) fraction
+        queries = self.query_file.group(self.query_group).gather(self.captions[index])
+        item["queries"] = [torch.from_numpy(query) for query in queries]
+        return item
+
+
 def collate_frames(videos: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """B tensors (F_b, D) -> frames (B, max F_b, D) zero-padded and frame_mask (B, max F_b) bool."""
     lengths = torch.tensor([video.shape[0] for video in videos])  # (B,)
@@ -228,6 +246,12 @@ def collate_video_inputs(items: list[dict[str, torch.Tensor]]) -> dict[str, torc
     return batch
 
 
+def to_device(batch: dict, device: torch.device) -> dict:
+    """A collated batch with its tensors on `device` (lists of ids and None stay as they are)."""
+    return {key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+            for key, value in batch.items()}
+
+
 def clip_statistics(dataset: VideoCaptionDataset) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-dimension mean and standard deviation (Dv,) of all binned clips of a dataset."""
     total = torch.zeros(dataset.video_dim, dtype=torch.float64)
@@ -236,18 +260,19 @@ def clip_statistics(dataset: VideoCaptionDataset) -> tuple[torch.Tensor, torch.T
         clips = dataset[index]["clips"].double()  # (N, Dv)
         total += clips.sum(dim=0)
         total_sq += (clips ** 2).sum(dim=0)
-    count = len(dataset) * dataset.map_size
+    count = len(dataset) * dataset.inputs.map_size
     mean = total / count
     std = (total_sq / count - mean ** 2).clamp(min=0).sqrt()
     return mean.float(), std.float()
 
 
 def collate_videos_with_captions(items: list[dict]) -> dict:
-    """Batches B videos with ALL their captions.
+    """Batches B videos with ALL their captions, as the batch dictionary of models/inputs.py.
 
-    Returns clips (B, N, Dv); queries (Nq, Dq), or (Nq, L, Dq) zero-padded tokens with
-    token_mask (Nq, L) bool; caption_to_video (Nq,) index of each caption's video in the batch;
-    video_indices (B,) dataset indices; video_ids, cap_ids (lists); subtitle_mask (B, N) or None.
+    Returns the items' video inputs (collate_video_inputs: clips (B, N, Dv) and/or frames (B, F, Dv)
+    with frame_mask (B, F)); queries (Nq, Dq), or (Nq, L, Dq) zero-padded tokens with token_mask
+    (Nq, L) bool; caption_to_video (Nq,) index of each caption's video in the batch; video_indices
+    (B,) dataset indices; video_ids, cap_ids (lists); subtitle_mask (B, N) or None.
     """
     queries = [query for item in items for query in item["queries"]]
     caption_to_video = torch.tensor([b for b, item in enumerate(items) for _ in item["queries"]])
@@ -259,7 +284,7 @@ def collate_videos_with_captions(items: list[dict]) -> dict:
         token_mask = torch.arange(query_tensor.shape[1]) < lengths.unsqueeze(1)  # (Nq, L)
     has_subtitles = "subtitle_mask" in items[0]
     return {
-        "clips": torch.stack([item["clips"] for item in items]),
+        **collate_video_inputs(items),
         "queries": query_tensor,
         "token_mask": token_mask,
         "caption_to_video": caption_to_video,

@@ -235,13 +235,7 @@ def load_config(dataset: str, overrides: str = "") -> dict:
 @lru_cache(maxsize=64)
 def _load_config_cached(dataset: str, overrides: str) -> dict:
     path = resolve_config_path(dataset)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    raw.setdefault("name", path.stem)
+    raw = read_config_file(path)
     origins = _Origins(path)
     for item, (key_path, value) in zip(_override_items(overrides), parse_overrides(overrides)):
         _set_path(raw, key_path, value, f"--set {item}")
@@ -262,6 +256,60 @@ def _load_config_cached(dataset: str, overrides: str) -> dict:
     if config["features"]["source"] == "extract":
         _check_backbones(config, path)
     return config
+
+
+def read_config_file(path: Path, extended_by: tuple[Path, ...] = ()) -> dict:
+    """The raw sections of a config file, over those of the config it ``extends`` (if it says so).
+
+    ``extends: tvr`` names a config as --dataset does (configs/tvr.yaml); ``extends: ../base.yaml`` is
+    a file relative to this one. The base is read first (it may extend another) and this file's
+    sections are merged over it key by key, except named sections (visual.parts), which replace the
+    base's as a whole: a visual recipe is one choice of backbones. ``name`` is inherited with the rest,
+    so a preset of a dataset (configs/models/ms-sl/tvr.yaml) shares its work folder and features."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    base = raw.pop("extends", None)
+    if base is not None:
+        base_path = _base_path(path, base)
+        chain = (*extended_by, path)
+        if any(base_path.resolve() == seen.resolve() for seen in chain):
+            cycle = " -> ".join(str(seen) for seen in (*chain, base_path))
+            raise ConfigError(f"{path}: 'extends' makes a cycle: {cycle}")
+        raw = _merge_sections(read_config_file(base_path, chain), raw, SCHEMA)
+    raw.setdefault("name", path.stem)
+    return raw
+
+
+def _base_path(path: Path, base: Any) -> Path:
+    """The file that ``extends: <base>`` in ``path`` names: a path relative to it, or a config name."""
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: 'extends' must name a config (tvr) or a YAML file relative to it, got {base!r}")
+    if Path(base).suffix in (".yaml", ".yml"):
+        candidate = path.parent / base
+        if not candidate.is_file():
+            raise ConfigError(f"{path}: 'extends': no config file {candidate}")
+        return candidate
+    try:
+        return resolve_config_path(base)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: 'extends': {err}") from None
+
+
+def _merge_sections(base: dict, over: dict, schema: Any) -> dict:
+    """``over`` merged into ``base`` key by key, recursing into the sections of ``schema``."""
+    merged = dict(base)
+    for key, value in over.items():
+        spec = schema.get(key) if isinstance(schema, dict) else None
+        spec = spec.schema if isinstance(spec, ModelSection) else spec
+        if isinstance(spec, dict) and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge_sections(merged[key], value, spec)
+        else:  # a value, named sections, or something _validate will refuse with the file's name
+            merged[key] = value
+    return merged
 
 
 def _check_model_inputs(config: dict, origins: "_Origins") -> None:
@@ -318,6 +366,8 @@ def _check_backbones(config: dict, path: Path) -> None:
 
 
 def resolve_config_path(dataset: str) -> Path:
+    """A YAML path as given, or a config name: ``demo`` is configs/demo.yaml, ``models/ms-sl/tvr`` a
+    preset under configs/models/."""
     candidate = Path(dataset)
     if candidate.suffix in (".yaml", ".yml"):
         if not candidate.is_file():

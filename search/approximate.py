@@ -106,8 +106,19 @@ class ApproximateSettings:
         return cls(**section)
 
 
-def choose_method(method: str, n_videos: int, exact_max_videos: int) -> str:
-    """``search.method`` resolved for a collection: auto is exact up to exact_max_videos videos."""
+# The models whose score is a max of cosines over clip rows, which a first stage of pooled clip
+# segments can propose candidates for (AMDNet's `clip_features`); every other model is searched exactly.
+APPROXIMATE_MODELS = ("amdnet",)
+
+
+def choose_method(method: str, n_videos: int, exact_max_videos: int, model: str) -> str:
+    """``search.method`` resolved for a collection and a model: auto is exact up to exact_max_videos
+    videos, and always for a model approximate search cannot serve (ValueError if it is asked for)."""
+    if model not in APPROXIMATE_MODELS:
+        if method == "approximate":
+            raise ValueError(f"search.method=approximate: only {', '.join(APPROXIMATE_MODELS)} can be searched "
+                             f"approximately, not model {model!r}; use search.method=exact (or auto)")
+        return "exact"
     if method == "auto":
         return "exact" if n_videos <= exact_max_videos else "approximate"
     return method

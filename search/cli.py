@@ -5,14 +5,15 @@
     python -m search serve --dataset demo [--folder ...] [--host 127.0.0.1 --port 8000]
     python -m search recall --dataset demo [--folder ...]    # approximate search's recall@10 against exact
 
-The model is the one the dataset's config trains (built first if needed); the collection is that
-dataset's videos, or every video under --folder (nested folders, any container ffmpeg reads).
+The model is the dataset's config's (model.name): the one it trains (built first if needed), or a
+training-free one (clip-zero-shot) built from its options; the collection is that dataset's videos,
+or every video under --folder (nested folders, any container ffmpeg reads).
 Indexing runs through Luigi, so an index that is up to date is reused at once. Its log (Luigi's
 lines, the libraries', the decoders') goes to a file, named on the one line that sums it up;
 --verbose prints it instead.
 
 Start-up is what a query needs: this module imports neither torch nor Luigi before it knows the
-command, and a search loads the memory-mapped index, one text encoder and the model's query head.
+command, and a search loads the memory-mapped index, one text encoder and the model.
 """
 from __future__ import annotations
 
@@ -50,7 +51,20 @@ def index_task(dataset: str, overrides: str = "", folder: str | None = None):
         if not path.is_dir():
             raise _Failure(f"--folder {folder}: not a folder")
         collection = f"data.source=folder {shlex.quote(f'data.root={path}')}"
-    return Index(dataset=dataset, set=overrides, collection=collection)
+    task = Index(dataset=dataset, set=overrides, collection=collection)
+    _check_method(task.config)
+    return task
+
+
+def _check_method(config: dict) -> None:
+    """search.method=approximate with a model that has no approximate search: one line, before any work."""
+    if config["search"]["method"] == "approximate":
+        from search.approximate import choose_method  # torch and FAISS: only when approximate search is asked for
+
+        try:
+            choose_method("approximate", 0, config["search"]["exact_max_videos"], config["model"]["name"])
+        except ValueError as error:
+            raise _Failure(str(error)) from None
 
 
 def log_path(task) -> Path:
@@ -175,7 +189,7 @@ def format_table(hits) -> str:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, help="the config whose trained model is used (e.g. demo)")
+    parser.add_argument("--dataset", required=True, help="the config whose model is used (e.g. demo)")
     parser.add_argument("--set", default="", help='config overrides, e.g. "search.split=test"')
     parser.add_argument("--folder", help="index and search every video under this folder instead of the dataset's")
     parser.add_argument("--verbose", action="store_true", help="print the indexing log (Luigi's, the libraries') "

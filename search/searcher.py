@@ -1,19 +1,21 @@
 """The one search function: query text -> the top-k videos of an index, each with its moment.
 
-    searcher = Searcher(index_dir, span_rule="grown")
+    searcher = Searcher(index_dir)                      # span rule: the model's default
     hits = searcher.search("a red square moving left", k=5)
 
-The query goes through exactly what training saw: the same text encoder and settings as the
-QueryFeatures stage (recorded in the index), the same pooled or token input, the model's query
-projection; a video's score is AMDNet's own (max over clips of cosine, as amdnet.evaluate); the
-moment comes from amdnet.moments with the same rule Evaluate uses. So scores, ranks and spans equal
-Evaluate's for the same query and videos.
+The model is the index's (its ``model_source``: a Train checkpoint, or a training-free model's name
+and options), built as Evaluate builds it. The query goes through exactly what Evaluate saw: the
+same text encoder and settings as the QueryFeatures stage (recorded in the index), the same pooled
+vector or tokens (the source's query input), the model's `represent_queries`; a video's score is the
+model's `score` of the query and the video's rows, and the moment its `spans` with the same rule
+Evaluate uses. So scores, ranks and spans equal Evaluate's for the same query and videos.
 
-Scoring is one part, chosen by the index (its ``search_method``): `ExactScorer`, a single matrix
-product over all clips of all videos, a max over each video's clips and a top-k; or, for large
-indexes, `search.approximate.ApproximateScorer`, a FAISS first stage whose candidate videos are
-re-scored exactly. Every hit says which one answered. Only the scorer of an exact index holds the
-clip embeddings in RAM; everything else is memory-mapped and read for the top hits only.
+Scoring is one part, chosen by the index (its ``search_method``): for AMDNet, `ExactScorer`, a single
+matrix product over all clips of all videos, a max over each video's clips (AMDNet's score exactly)
+and a top-k, or, for large indexes, `search.approximate.ApproximateScorer`, a FAISS first stage whose
+candidate videos are re-scored exactly; for every other model `ModelScorer`, the model's own `score`
+over every row, in chunks of videos. Every hit says which one answered. Only an exact scorer holds
+the rows in RAM; everything else is memory-mapped and read for the top hits only.
 """
 from __future__ import annotations
 
@@ -25,17 +27,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from amdnet.config import ModelConfig, TrainConfig, config_from_dict, resolve_device
-from amdnet.model import AMDNet, FeatureProjection
-from amdnet.moments import moment_spans
+from amdnet.config import resolve_device
 from amdnet.train import intra_op_threads
 from extractors.text_policy import is_blank
+from models.checkpoints import ModelSource
 from search.approximate import APPROXIMATE_FILE, ApproximateScorer, ApproximateSettings
 from search.errors import SearchError
-from search.index import INDEX_FILE, memory_map, reading
+from search.index import CLIP_ROWS, INDEX_FILE, ROWS, memory_map, reading
 
 log = logging.getLogger("search")
 
@@ -44,13 +44,16 @@ MAX_QUERY_CHARS = 1000
 MAX_K = 1000
 # Texts per text-encoder call, always (see Searcher.encode_queries): what makes batched answers exact.
 ENCODE_ROWS = 4
+# Elements of the rows one ModelScorer call reads at most (2^25 float32 values: 128 MiB): bounds what
+# the model's scoring of one chunk of videos holds, however large the index.
+SCORE_ELEMENTS = 2 ** 25
 
 
 @dataclass(frozen=True)
 class Hit:
     rank: int  # 1 = best
     video_id: str
-    score: float  # max over the video's clips of the cosine with the query
+    score: float  # the model's score of the query and the video (AMDNet: the best clip's cosine)
     start: float  # the moment, seconds
     end: float
     duration: float
@@ -63,7 +66,8 @@ class Hit:
 
 
 class ExactScorer:
-    """Every video's score for a batch of queries: (q, d) x (V*N, d) -> (q, V) max over clips -> top-k."""
+    """Every video's AMDNet score for a batch of queries: (q, d) x (V*N, d) -> (q, V) max over clips
+    -> top-k (amdnet.losses.max_dot_scores, over the whole index in one product)."""
 
     method = "exact"
 
@@ -80,16 +84,36 @@ class ExactScorer:
         return best.values, best.indices
 
 
+class ModelScorer:
+    """Every video's score by the model's own `score`, for a model without a faster path: the rows,
+    read into RAM once, scored SCORE_ELEMENTS of row values at a time; same interface as ExactScorer."""
+
+    method = "exact"
+
+    def __init__(self, model, rows: dict[str, np.ndarray], device: torch.device):
+        self.model = model
+        self.rows = {key: torch.from_numpy(np.array(value)).to(device) for key, value in rows.items()}  # (V, ...)
+        self.n_videos = len(next(iter(self.rows.values())))
+        per_video = sum(value[0].numel() for value in self.rows.values())
+        self.step = max(1, SCORE_ELEMENTS // per_video)  # videos per score call
+
+    def top_k(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q, d) unit queries -> scores (q, k') and video rows (q, k'), best first; k' = min(k, V)."""
+        queries = queries.to(next(iter(self.rows.values())).device)
+        scores = torch.cat([self.model.score(queries, {key: value[start:start + self.step]
+                                                       for key, value in self.rows.items()})
+                            for start in range(0, self.n_videos, self.step)], dim=1)  # (q, V)
+        best = scores.topk(min(k, self.n_videos), dim=1)
+        return best.values.cpu(), best.indices.cpu()
+
+
 @dataclass(frozen=True)
 class IndexFile:
     """What a search reads from index.h5: the per-video arrays memory-mapped, the small lists in RAM."""
 
     attrs: dict
-    clip_embeddings: np.ndarray  # (V, N, d) float32, float16 in an approximate index
-    proposals: np.ndarray  # (V, K, d)
-    centers: np.ndarray  # (V, K)
-    widths: np.ndarray  # (V, K)
-    clip_fractions: np.ndarray  # (V, N, 2)
+    rows: dict[str, np.ndarray]  # the model's represent_videos rows, (V, ...) each
+    clip_fractions: np.ndarray | None  # (V, N, 2) for a model that reads clips
     durations: list[float]  # (V,) seconds
     video_ids: list[str]
     paths: list[str]
@@ -113,71 +137,78 @@ def load_index(index_dir: Path) -> IndexFile:
 def _read_index(path: Path) -> IndexFile:
     with h5py.File(path, "r") as index:
         attrs = dict(index.attrs)
-        if "search_method" not in attrs:
-            raise SearchError(f"{path}: made by an older Index stage (before approximate search); rebuild it")
-        mapped = {name: memory_map(path, index, name)
-                  for name in ("clip_embeddings", "proposals", "centers", "widths", "clip_fractions")}
-        return IndexFile(attrs=attrs, **mapped, durations=index["durations"][()].tolist(),
+        if "model_source" not in attrs:
+            raise SearchError(f"{path}: made by an older Index stage (before the model registry); rebuild it")
+        rows = {key: memory_map(path, index, f"{ROWS}/{key}") for key in index[ROWS]}
+        fractions = memory_map(path, index, "clip_fractions") if "clip_fractions" in index else None
+        return IndexFile(attrs=attrs, rows=rows, clip_fractions=fractions, durations=index["durations"][()].tolist(),
                          video_ids=[value.decode() for value in index["video_ids"][()]],
                          paths=[value.decode() for value in index["paths"][()]],
                          playable=[value.decode() for value in index["playable"][()]],
                          is_frames=index["is_frames"][()].tolist())
 
 
-class QueryHead(nn.Module):
-    """The query side of a trained AMDNet alone: its query projection, loaded from the checkpoint,
-    and AMDNet's own `encode_queries` (so a query embeds exactly as in Evaluate). The video side,
-    most of the weights, is never built: the index holds what it computed."""
-
-    encode_queries = AMDNet.encode_queries  # reads self.config.query_pooling and self.query_projection
-
-    def __init__(self, checkpoint: dict):
-        super().__init__()
-        self.config = config_from_dict(ModelConfig, checkpoint["model_config"])
-        self.query_projection = FeatureProjection(checkpoint["query_dim"], self.config.hidden_size,
-                                                  self.config.input_dropout)
-        prefix = "query_projection."
-        self.query_projection.load_state_dict({key[len(prefix):]: value for key, value in checkpoint["model"].items()
-                                               if key.startswith(prefix)})
-        self.eval()
-
-
 class Searcher:
-    """Loads an index, the query head of its model and its text encoder once; `search` answers queries.
+    """Loads an index, its model and its text encoder once; `search` answers queries.
 
     Thread-safe: `answer` (scoring and spans) may run in many threads at once (torch releases the
     GIL); `encode_queries` must run in one thread at a time (the tokenizer is not thread-safe), which
     search/api.py's `QueryBatcher` ensures while batching the queries that wait.
     """
 
-    def __init__(self, index_dir: Path, span_rule: str, device: str = "cpu"):
+    def __init__(self, index_dir: Path, span_rule: str | None = None, device: str = "cpu"):
         from pipeline.backbones import text_encoder
 
         self.index_dir = Path(index_dir)
-        self.span_rule = span_rule
         self.device = resolve_device(device)
         self.hold = reading(self.index_dir)  # for the searcher's life: a newer index never deletes this one
         self.index = load_index(self.index_dir)
         self.attrs, self.durations, self.video_ids = self.index.attrs, self.index.durations, self.index.video_ids
         self.paths, self.playable, self.is_frames = self.index.paths, self.index.playable, self.index.is_frames
-        self.clip_embeddings = self.index.clip_embeddings  # (V, N, d)
         self.rows = {video_id: row for row, video_id in enumerate(self.video_ids)}
-        self.method = str(self.attrs["search_method"])
-        if self.method == "approximate":
-            settings = ApproximateSettings(**json.loads(self.attrs["approximate"]))
-            self.scorer = ApproximateScorer(self.index_dir / APPROXIMATE_FILE, self.index.clip_embeddings, settings)
-        else:
-            self.scorer = ExactScorer(np.array(self.index.clip_embeddings, dtype=np.float32))  # read into RAM once
-        state = torch.load(self.attrs["checkpoint"], map_location="cpu", weights_only=True, mmap=True)
-        self.head = QueryHead(state).to(self.device)
-        self.query_input = config_from_dict(TrainConfig, state["train_config"]).query_input
+        self.source = ModelSource.from_json(self.attrs["model_source"])
+        self.query_input = self.source.query_input
         self.text = json.loads(self.attrs["text"])
         self.encoder = text_encoder({**self.text, "device": str(self.device)})
+        self.model = self._load_model()
+        self.span_rule = self.model.default_span_rule if span_rule is None else span_rule
+        if self.span_rule not in self.model.span_rules:
+            raise SearchError(f"span rule {self.span_rule!r}: model {self.source.name!r} has none such; choose one "
+                              f"of {', '.join(self.model.span_rules)} (evaluate.span_rule)")
+        self.method = str(self.attrs["search_method"])
+        self.scorer = self._scorer()
+
+    def _load_model(self):
+        """The index's model, in eval mode, for its video inputs and this encoder's query vectors."""
+        try:
+            return self.source.load(int(self.attrs["video_dim"]), int(self.encoder.dim), device=str(self.device))
+        except (OSError, ValueError, KeyError, RuntimeError) as error:  # a checkpoint gone, changed or broken
+            raise SearchError(f"{self.index_dir / INDEX_FILE}: cannot load its model ({' '.join(str(error).split())}); "
+                              f"rebuild the index with `python -m search index`") from None
+
+    def _scorer(self):
+        if self.method == "approximate":
+            settings = ApproximateSettings(**json.loads(self.attrs["approximate"]))
+            return ApproximateScorer(self.index_dir / APPROXIMATE_FILE, self.clip_embeddings, settings)
+        if self.source.name == "amdnet":
+            return ExactScorer(np.array(self.clip_embeddings, dtype=np.float32))  # read into RAM once
+        return ModelScorer(self.model, self.index.rows, self.device)
+
+    @property
+    def clip_embeddings(self) -> np.ndarray:
+        """AMDNet's (V, N, d) unit clip embeddings, memory-mapped: what its exact and approximate scorers
+        and recall (search/recall.py) read; SearchError for another model."""
+        key = CLIP_ROWS.split("/", 1)[1]
+        if self.source.name != "amdnet" or key not in self.index.rows:
+            raise SearchError(f"model {self.source.name!r} is searched by its own score only: approximate search "
+                              f"and its recall are AMDNet's")
+        return self.index.rows[key]
 
     @property
     def inputs(self) -> dict:
-        """What the model reads, for the page: visual backbone, subtitles, text encoder."""
-        return {"visual": str(self.attrs["visual_backbone"]), "subtitles": bool(self.attrs["use_subtitles"]),
+        """What the model reads, for the page: model, visual backbone, subtitles, text encoder."""
+        return {"model": self.source.name, "visual": str(self.attrs["visual_backbone"]),
+                "subtitles": bool(self.attrs["use_subtitles"]),
                 "text": f"{self.text['encoder']}:{self.text['model']}", "query_input": self.query_input}
 
     def check_query(self, text: str) -> str:
@@ -202,7 +233,7 @@ class Searcher:
 
     @torch.no_grad()
     def encode_queries(self, texts: list[str]) -> torch.Tensor:
-        """(B, d) unit vectors: the text encoder's features -> the model's query embeddings.
+        """(B, d): the text encoder's features -> the model's `represent_queries`.
 
         Texts of one `query_shape` give bit for bit what each gives alone: every model call takes
         exactly ENCODE_ROWS texts (a short batch is filled with copies of its first text), so the
@@ -217,20 +248,20 @@ class Searcher:
                               for chunk in chunks])
 
     def _encode_rows(self, texts: list[str]) -> torch.Tensor:
+        """The query batch of these texts as the data layer builds it (amdnet.data, models/inputs.py)."""
         features = self.encoder.encode(texts)
         if self.query_input == "tokens":
             tokens = [torch.from_numpy(feature.tokens) for feature in features]  # (L_i, Dq) each
             queries = nn.utils.rnn.pad_sequence(tokens, batch_first=True)  # (B, L, Dq)
             mask = nn.utils.rnn.pad_sequence([torch.ones(len(t), dtype=torch.bool) for t in tokens],
                                              batch_first=True)  # (B, L)
-            embedded = self.head.encode_queries(queries.to(self.device), mask.to(self.device))
+            batch = {"queries": queries.to(self.device), "token_mask": mask.to(self.device)}
         else:
-            queries = torch.from_numpy(np.stack([feature.pooled for feature in features]))  # (B, Dq)
-            embedded = self.head.encode_queries(queries.to(self.device))
-        return F.normalize(embedded, dim=-1).cpu()  # (B, d)
+            batch = {"queries": torch.from_numpy(np.stack([feature.pooled for feature in features])).to(self.device)}  # (B, Dq)
+        return self.model.represent_queries(batch).cpu()  # (B, d)
 
     def encode_query(self, text: str) -> torch.Tensor:
-        """(1, d) unit vector of one query."""
+        """(1, d): one query."""
         return self.encode_queries([text])
 
     @staticmethod
@@ -251,14 +282,15 @@ class Searcher:
         return self.hits(query[0], scores[0][found], rows[0][found])
 
     def hits(self, query: torch.Tensor, scores: torch.Tensor, rows: torch.Tensor) -> list[Hit]:
-        """Spans for the top rows of one (d,) query, by the span rule Evaluate uses."""
-        def read(array: np.ndarray) -> torch.Tensor:  # the rows of the hits only, as float32
-            return torch.from_numpy(np.asarray(array[rows.numpy()], dtype=np.float32))
+        """Spans for the top rows of one (d,) query: the model's `spans` with the rule Evaluate uses."""
+        def read(array: np.ndarray) -> torch.Tensor:  # the rows of the hits only; floats as float32
+            values = np.asarray(array[rows.numpy()])
+            return torch.from_numpy(values.astype(np.float32) if values.dtype.kind == "f" else values).to(self.device)
 
-        index = self.index
-        spans = moment_spans(self.span_rule, query.expand(len(rows), -1), read(index.clip_embeddings),
-                             read(index.proposals), read(index.centers), read(index.widths),
-                             clip_spans=read(index.clip_fractions))  # (k, 2) fractions
+        fractions = None if self.index.clip_fractions is None else read(self.index.clip_fractions)
+        spans = self.model.spans(query.to(self.device).expand(len(rows), -1),
+                                 {key: read(array) for key, array in self.index.rows.items()},
+                                 fractions, self.span_rule).cpu()  # (k, 2) fractions
         return [Hit(rank, self.video_ids[row], score, span[0] * self.durations[row], span[1] * self.durations[row],
                     self.durations[row], self.paths[row], row, self.scorer.method)
                 for rank, (row, score, span) in enumerate(zip(rows.tolist(), scores.tolist(), spans.tolist()), 1)]

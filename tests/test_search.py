@@ -66,11 +66,14 @@ def test_search_equals_evaluate(demo, searcher, span_rule):
 def test_index_holds_what_a_query_needs(demo, searcher):
     _, index, evaluate = demo
     with h5py.File(index.out_dir / "index.h5") as f:
-        n_videos, n_clips, _ = f["clip_embeddings"].shape
-        norms = np.linalg.norm(f["clip_embeddings"][()], axis=-1)
+        assert set(f["rows"]) == {"clip_features", "proposals", "centers", "widths"}  # AMDNet's represent_videos
+        n_videos, n_clips, _ = f["rows/clip_features"].shape
+        norms = np.linalg.norm(f["rows/clip_features"][()], axis=-1)
         np.testing.assert_allclose(norms, 1.0, atol=1e-5)
         spans, durations = f["clip_spans"][()], f["durations"][()]
         assert f.attrs["use_subtitles"] and f.attrs["query_input"] == "pooled"
+        source = json.loads(f.attrs["model_source"])
+        assert source["name"] == "amdnet" and source["checkpoint"] == str(index.upstream_dir("train") / "best.pt")
         assert not any("/" in name for name in f)  # ids are data, not HDF5 paths
     metrics = json.loads((evaluate.out_dir / "metrics.json").read_text())
     assert n_videos == metrics["n_videos"] and n_clips == index.config["model"]["amdnet"]["map_size"]

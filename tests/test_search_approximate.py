@@ -101,8 +101,11 @@ def test_segments_methods_and_budgets():
     clips = np.ones((2, 10, 4), dtype=np.float32)
     assert segment_vectors(clips, 4).shape == (2 * 3, 4)  # 4 + 4 + 2 clips
     np.testing.assert_allclose(np.linalg.norm(segment_vectors(clips, 4), axis=1), 1.0, rtol=1e-6)
-    assert [choose_method("auto", n, 100) for n in (100, 101)] == ["exact", "approximate"]
-    assert choose_method("approximate", 3, 100) == "approximate"
+    assert [choose_method("auto", n, 100, "amdnet") for n in (100, 101)] == ["exact", "approximate"]
+    assert choose_method("approximate", 3, 100, "amdnet") == "approximate"
+    assert choose_method("auto", 101, 100, "ms-sl") == "exact"  # only AMDNet has a first stage
+    with pytest.raises(ValueError, match="only amdnet can be searched approximately, not model 'ms-sl'"):
+        choose_method("approximate", 3, 100, "ms-sl")
     assert factory_string(4_000_000, 384, 4.0) == "IVF2048_HNSW32,PQ96x4fs"  # 1M videos x 4 segments: 183 MiB
     assert factory_string(8_000_000, 384, 0.2) == "IVF2048_HNSW32,PQ48x4fs"  # 48-byte codes would need 0.36 GiB
     assert factory_string(500, 384, 4.0) == "IVF12_HNSW32,Flat"  # too few vectors to train PQ codebooks
@@ -127,7 +130,7 @@ def approximate_searcher(demo):
     index = tasks.Index(dataset=str(path), set="search.method=approximate")
     assert luigi.build([index], local_scheduler=True, log_level="WARNING")
     with h5py.File(index.out_dir / "index.h5") as f:
-        assert f.attrs["search_method"] == "approximate" and f["clip_embeddings"].dtype == np.float16
+        assert f.attrs["search_method"] == "approximate" and f["rows/clip_features"].dtype == np.float16
     return Searcher(index.out_dir, span_rule=index.config["evaluate"]["span_rule"])
 
 
