@@ -221,14 +221,26 @@ def test_span_rules_and_approximate_search_a_model_lacks_are_one_line(work, tmp_
 # ---- clip-zero-shot: search right after the features, no Train stage ---------------------------------
 
 
+@pytest.fixture(scope="module")
+def clip_work(tmp_path_factory):
+    """A work folder of its own where only clip-zero-shot's features were made (as `make features`
+    with it would): (config path, root)."""
+    root = tmp_path_factory.mktemp("clip_zero_shot")
+    path = make_tiny_config(root, {"search": {"split": "test"}})
+    stages = [stage(dataset=str(path), set=CLIP) for stage in (tasks.VisualFeatures, tasks.QueryFeatures)]
+    assert luigi.build(stages, local_scheduler=True, log_level="WARNING")
+    return path, root
+
+
 def _no_train_folder(root: Path) -> None:
     assert not [folder for folder in root.rglob("train") if folder.is_dir()], "a train/ folder was created"
 
 
-def test_clip_zero_shot_searches_the_demo_without_training(work):
+def test_clip_zero_shot_searches_the_demo_without_training(clip_work):
     """`make search` with clip-zero-shot, as a user runs it (its own process), on a work folder whose
     features exist: it answers, as the search function does, and nothing is trained."""
-    path, root = work
+    path, root = clip_work
+    _no_train_folder(root)
     query = "a cartoon rabbit in a meadow"
     result = subprocess.run([sys.executable, "-m", "search", "--dataset", str(path), "--set", CLIP, query, "-k", "3",
                              "--json"], capture_output=True, text=True, timeout=600)
@@ -242,8 +254,8 @@ def test_clip_zero_shot_searches_the_demo_without_training(work):
     _no_train_folder(root)
 
 
-def test_clip_zero_shot_indexes_a_folder_of_new_videos_in_one_command(work, tmp_path):
-    path, root = work
+def test_clip_zero_shot_indexes_a_folder_of_new_videos_in_one_command(clip_work, tmp_path):
+    path, root = clip_work
     folder = tmp_path / "footage"
     (folder / "street").mkdir(parents=True)
     make_testsrc_video(folder / "street" / "cars.mp4", seconds=4, fps=10)
@@ -260,10 +272,10 @@ def test_clip_zero_shot_indexes_a_folder_of_new_videos_in_one_command(work, tmp_
     _no_train_folder(root)
 
 
-def test_the_api_answers_with_clip_zero_shot(work):
+def test_the_api_answers_with_clip_zero_shot(clip_work):
     from test_search import _get, running_server
 
-    path, _ = work
+    path, _ = clip_work
     index = tasks.Index(dataset=str(path), set=CLIP)
     assert luigi.build([index], local_scheduler=True, log_level="WARNING")
     searcher = Searcher(index.out_dir)
