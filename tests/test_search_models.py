@@ -179,6 +179,20 @@ def test_search_equals_evaluate_for_every_model(work, name):
     searcher.hold.close()
 
 
+@pytest.mark.parametrize("name", ["ms-sl", "clip-zero-shot"])
+def test_waiting_queries_are_encoded_together_and_exactly(work, tmp_path, name):
+    """The server's batching (search/api.py) gives each query bit for bit its lone encoding with a
+    token model and with the CLIP text encoder too (test_search.py's check, on their searchers)."""
+    import test_search
+
+    path, _ = work
+    stages = _stages(path, CLIP if name == "clip-zero-shot" else "train.query_input=tokens")
+    _index(_source(name, stages, tmp_path), stages, tmp_path / "index", _split_videos(stages))
+    searcher = Searcher(tmp_path / "index")
+    test_search.test_waiting_queries_are_encoded_together_and_exactly(searcher)
+    searcher.hold.close()
+
+
 def test_an_index_of_another_model_grows_by_what_changed(work, tmp_path):
     """MS-SL's rows (frame keys and values, bool frame masks) copied from the index a grown collection
     supersedes: only the new videos are encoded, and the answers equal a full rebuild's."""
