@@ -52,7 +52,8 @@ DIRECT_READERS = {
     # A model's options count only while it is the named one (the scenarios name amdnet).
     **{f"model.{name}": () for name in MODEL_FACTS if name != "amdnet"},
     # clip-zero-shot (the one other model the scenarios accept: it reads pooled queries) brings the
-    # text encoder of the visual CLIP with it; without a Train stage, Evaluate and Index read the model.
+    # text encoder of the visual CLIP with it and has no Train stage (nor subtitles): Evaluate and Index
+    # read the model section themselves. (Stages the new graph lacks are ignored.)
     "model.name": ("train", "queries", "subtitles", "evaluate", "index"),
     "train": ("train",),
     # Subtitle features come and go with it (ExportBundle exports video and query features only).
