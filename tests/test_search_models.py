@@ -31,6 +31,7 @@ from search.errors import SearchError
 from search.index import build_index
 from search.searcher import Searcher
 from storage import FeatureFile
+from tiny_models import TINY_MODELS_SET
 from videos import make_testsrc_video
 
 CLIP = "model.name=clip-zero-shot"
@@ -151,17 +152,12 @@ def test_search_equals_the_models_ranking(work, tmp_path, name):
 
 # ---- through the graph: Evaluate and Index of each model, as `make search` builds them ---------------
 
-LUIGI_OVERRIDES = {"amdnet": "", "ms-sl": "model.name=ms-sl train.query_input=tokens model.ms-sl.hidden_size=32",
-                   "gmmformer": "model.name=gmmformer train.query_input=tokens model.gmmformer.hidden_size=32",
-                   "clip-zero-shot": CLIP}
-
-
 @pytest.mark.parametrize("name", list_models())
 def test_search_equals_evaluate_for_every_model(work, name):
     """Evaluate's predictions.jsonl (top-10 ids, order, scores to 1e-5, spans) are what the search of
     the same model's Index answers for each test query."""
     path, _ = work
-    overrides = LUIGI_OVERRIDES[name]
+    overrides = f"model.name={name} {TINY_MODELS_SET}"
     index, evaluate = tasks.Index(dataset=str(path), set=overrides), tasks.Evaluate(dataset=str(path), set=overrides)
     assert luigi.build([evaluate, index], local_scheduler=True, log_level="WARNING")
     searcher = Searcher(index.out_dir)  # the model's default span rule, which Evaluate's config resolves to
@@ -266,6 +262,11 @@ def test_clip_zero_shot_searches_the_demo_without_training(clip_work):
     np.testing.assert_allclose([hit["score"] for hit in hits], [hit.score for hit in expected], atol=1e-6)
     assert "train" not in index.upstream() and not (index.dataset_dir / "train").exists()
     _no_train_folder(root)
+    # A changed option of the model is another index, and every video's key changes with it.
+    other = tasks.Index(dataset=str(path), set=f"{CLIP} model.clip-zero-shot.max_scale=2")
+    assert other.fingerprint != index.fingerprint and other.lineage != index.lineage
+    videos = index.dataset_videos("test")
+    assert not {v["index_key"] for v in index.keyed_videos(videos)} & {v["index_key"] for v in other.keyed_videos(videos)}
 
 
 def test_clip_zero_shot_indexes_a_folder_of_new_videos_in_one_command(clip_work, tmp_path):
