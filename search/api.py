@@ -17,8 +17,8 @@ as open requests, none is dropped). The scoring and the spans run in those threa
 `QueryBatcher`, which encodes the queries waiting at that moment together, one batch per query
 shape, so each answer is bit for bit the one a lone search gives (Searcher.encode_queries). Memory
 is bounded by what is in flight: at most 40 searches (anyio's thread limit), each holding its query
-(at most MAX_QUERY_CHARS characters) and, while it is scored, one (videos x clips) float32 row; the
-encoder takes at most MAX_BATCH of them at a time and holds the activations of ENCODE_ROWS texts of
+(at most MAX_QUERY_CHARS characters) and, while it is scored, one (videos x clips) float32 row
+(AMDNet's; another model's score of one chunk of videos, searcher.ModelScorer); the encoder takes at most MAX_BATCH of them at a time and holds the activations of ENCODE_ROWS texts of
 at most text.max_length tokens per model call.
 """
 from __future__ import annotations
@@ -151,7 +151,7 @@ class _FileInRanges(FileResponse):
 
 
 def create_app(searcher: Searcher, default_k: int = 10) -> FastAPI:
-    app = FastAPI(title="AMDNet moment search")
+    app = FastAPI(title="Moment search")
     batcher = QueryBatcher(searcher)
     thumbnail_locks = [threading.Lock() for _ in range(64)]  # one writer per cached thumbnail; others in parallel
     thumbnails = searcher.index_dir / "thumbnails"

@@ -81,8 +81,8 @@ class Features:
     present: set[str]  # ids of the videos with visual features
     backbone: str
     dim: int  # Dv [+ Ds]: the size of a video's input rows
-    inputs: Callable[[str, VideoInputs], tuple[dict[str, np.ndarray], int]]  # (video id, what the model
-    # reads) -> (amdnet.data.video_inputs' clips and/or frames, the video's feature rows T)
+    # (video id, what the model reads) -> (amdnet.data.video_inputs' clips and/or frames, feature rows T)
+    inputs: Callable[[str, VideoInputs], tuple[dict[str, np.ndarray], int]]
 
 
 @contextmanager

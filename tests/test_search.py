@@ -456,7 +456,7 @@ def test_page_in_a_real_browser(server, searcher, tmp_path):
     expected = searcher.search(query, k=5)
     page = drive_search_page(executable, f"http://{server}", query, 5, tmp_path / "search-page.png")
     assert page["ids"] == [hit.video_id for hit in expected]
-    assert "subtitles" in page["about"] and "exact search" in page["status"]
+    assert "subtitles" in page["about"] and "(amdnet)" in page["about"] and "exact search" in page["status"]
     chosen, player = expected[page["chosen"]], page["player"]
     assert player["error"] is None and player["readyState"] >= 1
     assert abs(player["duration"] - chosen.duration) < 0.5  # the video really loaded

@@ -31,6 +31,7 @@ from search.errors import SearchError
 from search.index import build_index
 from search.searcher import Searcher
 from storage import FeatureFile
+from tiny_models import TINY_MODELS_SET
 from videos import make_testsrc_video
 
 CLIP = "model.name=clip-zero-shot"
@@ -151,17 +152,12 @@ def test_search_equals_the_models_ranking(work, tmp_path, name):
 
 # ---- through the graph: Evaluate and Index of each model, as `make search` builds them ---------------
 
-LUIGI_OVERRIDES = {"amdnet": "", "ms-sl": "model.name=ms-sl train.query_input=tokens model.ms-sl.hidden_size=32",
-                   "gmmformer": "model.name=gmmformer train.query_input=tokens model.gmmformer.hidden_size=32",
-                   "clip-zero-shot": CLIP}
-
-
 @pytest.mark.parametrize("name", list_models())
 def test_search_equals_evaluate_for_every_model(work, name):
     """Evaluate's predictions.jsonl (top-10 ids, order, scores to 1e-5, spans) are what the search of
     the same model's Index answers for each test query."""
     path, _ = work
-    overrides = LUIGI_OVERRIDES[name]
+    overrides = f"model.name={name} {TINY_MODELS_SET}"
     index, evaluate = tasks.Index(dataset=str(path), set=overrides), tasks.Evaluate(dataset=str(path), set=overrides)
     assert luigi.build([evaluate, index], local_scheduler=True, log_level="WARNING")
     searcher = Searcher(index.out_dir)  # the model's default span rule, which Evaluate's config resolves to
@@ -176,6 +172,20 @@ def test_search_equals_evaluate_for_every_model(work, name):
         np.testing.assert_allclose([hit.score for hit in hits], [entry["score"] for entry in top], atol=1e-5)
         np.testing.assert_allclose([[hit.start, hit.end] for hit in hits], [entry["span"] for entry in top],
                                    atol=1e-4)
+    searcher.hold.close()
+
+
+@pytest.mark.parametrize("name", ["ms-sl", "clip-zero-shot"])
+def test_waiting_queries_are_encoded_together_and_exactly(work, tmp_path, name):
+    """The server's batching (search/api.py) gives each query bit for bit its lone encoding with a
+    token model and with the CLIP text encoder too (test_search.py's check, on their searchers)."""
+    import test_search
+
+    path, _ = work
+    stages = _stages(path, CLIP if name == "clip-zero-shot" else "train.query_input=tokens")
+    _index(_source(name, stages, tmp_path), stages, tmp_path / "index", _split_videos(stages))
+    searcher = Searcher(tmp_path / "index")
+    test_search.test_waiting_queries_are_encoded_together_and_exactly(searcher)
     searcher.hold.close()
 
 
@@ -221,14 +231,26 @@ def test_span_rules_and_approximate_search_a_model_lacks_are_one_line(work, tmp_
 # ---- clip-zero-shot: search right after the features, no Train stage ---------------------------------
 
 
+@pytest.fixture(scope="module")
+def clip_work(tmp_path_factory):
+    """A work folder of its own where only clip-zero-shot's features were made (as `make features`
+    with it would): (config path, root)."""
+    root = tmp_path_factory.mktemp("clip_zero_shot")
+    path = make_tiny_config(root, {"search": {"split": "test"}})
+    stages = [stage(dataset=str(path), set=CLIP) for stage in (tasks.VisualFeatures, tasks.QueryFeatures)]
+    assert luigi.build(stages, local_scheduler=True, log_level="WARNING")
+    return path, root
+
+
 def _no_train_folder(root: Path) -> None:
     assert not [folder for folder in root.rglob("train") if folder.is_dir()], "a train/ folder was created"
 
 
-def test_clip_zero_shot_searches_the_demo_without_training(work):
+def test_clip_zero_shot_searches_the_demo_without_training(clip_work):
     """`make search` with clip-zero-shot, as a user runs it (its own process), on a work folder whose
     features exist: it answers, as the search function does, and nothing is trained."""
-    path, root = work
+    path, root = clip_work
+    _no_train_folder(root)
     query = "a cartoon rabbit in a meadow"
     result = subprocess.run([sys.executable, "-m", "search", "--dataset", str(path), "--set", CLIP, query, "-k", "3",
                              "--json"], capture_output=True, text=True, timeout=600)
@@ -240,10 +262,15 @@ def test_clip_zero_shot_searches_the_demo_without_training(work):
     np.testing.assert_allclose([hit["score"] for hit in hits], [hit.score for hit in expected], atol=1e-6)
     assert "train" not in index.upstream() and not (index.dataset_dir / "train").exists()
     _no_train_folder(root)
+    # A changed option of the model is another index, and every video's key changes with it.
+    other = tasks.Index(dataset=str(path), set=f"{CLIP} model.clip-zero-shot.max_scale=2")
+    assert other.fingerprint != index.fingerprint and other.lineage != index.lineage
+    videos = index.dataset_videos("test")
+    assert not {v["index_key"] for v in index.keyed_videos(videos)} & {v["index_key"] for v in other.keyed_videos(videos)}
 
 
-def test_clip_zero_shot_indexes_a_folder_of_new_videos_in_one_command(work, tmp_path):
-    path, root = work
+def test_clip_zero_shot_indexes_a_folder_of_new_videos_in_one_command(clip_work, tmp_path):
+    path, root = clip_work
     folder = tmp_path / "footage"
     (folder / "street").mkdir(parents=True)
     make_testsrc_video(folder / "street" / "cars.mp4", seconds=4, fps=10)
@@ -260,10 +287,10 @@ def test_clip_zero_shot_indexes_a_folder_of_new_videos_in_one_command(work, tmp_
     _no_train_folder(root)
 
 
-def test_the_api_answers_with_clip_zero_shot(work):
+def test_the_api_answers_with_clip_zero_shot(clip_work):
     from test_search import _get, running_server
 
-    path, _ = work
+    path, _ = clip_work
     index = tasks.Index(dataset=str(path), set=CLIP)
     assert luigi.build([index], local_scheduler=True, log_level="WARNING")
     searcher = Searcher(index.out_dir)

@@ -26,7 +26,7 @@ async function loadInfo() {
     ? "video frames and subtitles (videos without subtitles are indexed with an empty subtitle track)"
     : "video frames only (no subtitles)";
   $("about").textContent =
-    `${info.videos} videos indexed. The model reads ${subtitles}; visual features: ${inputs.visual}; ` +
+    `${info.videos} videos indexed. The model (${inputs.model}) reads ${subtitles}; visual features: ${inputs.visual}; ` +
     `queries: ${inputs.text} (${inputs.query_input}). Moments: ${info.span_rule} rule.`;
   defaultK = info.default_k;
   $("k").value = defaultK;
