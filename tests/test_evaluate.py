@@ -5,16 +5,19 @@ import numpy as np
 import pytest
 import torch
 
-from amdnet import AMDNet, ModelConfig, TrainConfig
+from amdnet import TrainConfig
 from amdnet.evaluate import evaluate
-from amdnet.data import VideoCaptionDataset, bin_clips
-from amdnet.evaluate import encode_split, load_model, rank_split
+from amdnet.data import VideoCaptionDataset, VideoInputs, bin_clips
+from amdnet.evaluate import encode_split, rank_split
 from amdnet.moments import SPAN_RULES
 from amdnet.synthetic import SAMPLE_FPS, SyntheticCorpusSpec, write_synthetic_corpus
-from amdnet.train import save_checkpoint
+from models import create_model
+from models.checkpoints import ModelSource, save_checkpoint
 from storage import FeatureFile
 
-MODEL = ModelConfig(hidden_size=16, map_size=8, n_moments=4, input_dropout=0.0, dropout=0.0)
+MAP_SIZE = 8
+MODEL = {"hidden_size": 16, "map_size": MAP_SIZE, "n_moments": 4, "input_dropout": 0.0, "dropout": 0.0}
+INPUTS = VideoInputs(("clips",), MAP_SIZE)
 N_VIDEOS, CAPTIONS_PER_VIDEO, SEGMENTS = 12, 3, 4
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -39,14 +42,15 @@ def corpus(tmp_path_factory):
 
 
 def write_checkpoint(path, corpus, change_weights=None):
-    """A randomly initialised (seeded) model saved as Train saves it; change_weights edits it first."""
+    """A randomly initialised (seeded) model saved as Train saves it (change_weights edits it first): its
+    ModelSource."""
     torch.manual_seed(0)
-    model = AMDNet(MODEL, video_dim=16, query_dim=12)
+    model = create_model("amdnet", 16, 12, **MODEL)
     if change_weights is not None:
         with torch.no_grad():
             change_weights(model)
-    save_checkpoint(path, model, MODEL, TrainConfig(device="cpu"), (16, 12))
-    return path
+    save_checkpoint(path, model, TrainConfig(device="cpu"), (16, 12))
+    return ModelSource.from_checkpoint(path)
 
 
 def randomise_norm_gains(model):
@@ -70,7 +74,7 @@ def clip_cosines(model, files, dataset) -> np.ndarray:
     time, normalised in numpy. Asserts that the norms differ, or normalising would not matter."""
     videos, pooled = FeatureFile(files.video).group(), FeatureFile(files.query).group("pooled")
     with torch.no_grad():
-        clips = np.stack([model.encode_videos(torch.from_numpy(bin_clips(videos.read(v), MODEL.map_size))[None])
+        clips = np.stack([model.encode_videos(torch.from_numpy(bin_clips(videos.read(v), MAP_SIZE))[None])
                           .clip_features[0].numpy() for v in dataset.video_ids]).astype(np.float64)  # (Nv, N, d)
         cap_ids = [c for captions in dataset.captions for c in captions]
         queries = model.encode_queries(torch.stack([torch.from_numpy(pooled.read(c)) for c in cap_ids]))
@@ -84,10 +88,10 @@ def clip_cosines(model, files, dataset) -> np.ndarray:
 def test_scores_equal_cosines_computed_independently_from_raw_model_outputs(corpus, tmp_path):
     files, queries_path, _ = corpus
     checkpoint = write_checkpoint(tmp_path / "model.pt", corpus, randomise_norm_gains)
-    model, _ = load_model(torch.load(checkpoint, weights_only=True), torch.device("cpu"))
-    dataset = VideoCaptionDataset(files, queries_path, "test", map_size=MODEL.map_size)
+    model = checkpoint.load(16, 12)
+    dataset = VideoCaptionDataset(files, queries_path, "test", inputs=INPUTS)
     encoded = encode_split(model, dataset, torch.device("cpu"), batch_size=5)
-    ranks, top_videos, top_scores = rank_split(encoded, chunk_size=4, top_k=N_VIDEOS)
+    ranks, top_videos, top_scores = rank_split(model, encoded, chunk_size=4, top_k=N_VIDEOS)
     cosines = clip_cosines(model, files, dataset).max(axis=2)  # (Nq, Nv)
 
     assert encoded.cap_ids == [c for captions in dataset.captions for c in captions]
@@ -103,8 +107,8 @@ def test_best_clip_spans_are_the_rows_of_the_clip_that_matches_best(corpus, tmp_
     files, queries_path, _ = corpus
     checkpoint = write_checkpoint(tmp_path / "model.pt", corpus, randomise_norm_gains)
     evaluate(checkpoint, files, queries_path, "test", tmp_path, chunk_size=4, device="cpu", span_rule="best_clip")
-    model, _ = load_model(torch.load(checkpoint, weights_only=True), torch.device("cpu"))
-    dataset = VideoCaptionDataset(files, queries_path, "test", map_size=MODEL.map_size)
+    model = checkpoint.load(16, 12)
+    dataset = VideoCaptionDataset(files, queries_path, "test", inputs=INPUTS)
     best_clip = clip_cosines(model, files, dataset).argmax(axis=2)  # (Nq, Nv)
     position = {video_id: index for index, video_id in enumerate(dataset.video_ids)}
     durations = video_durations(files)
@@ -112,7 +116,7 @@ def test_best_clip_spans_are_the_rows_of_the_clip_that_matches_best(corpus, tmp_
         for entry in prediction["top10"]:
             video = position[entry["video_id"]]
             num_frames = dataset.num_frames[video]
-            weights = bin_clips(np.eye(num_frames, dtype=np.float32), MODEL.map_size)[best_clip[query, video]]
+            weights = bin_clips(np.eye(num_frames, dtype=np.float32), MAP_SIZE)[best_clip[query, video]]
             rows = np.flatnonzero(weights)
             seconds_per_row = durations[entry["video_id"]] / num_frames
             assert entry["span"] == pytest.approx([rows[0] * seconds_per_row, (rows[-1] + 1) * seconds_per_row])
@@ -205,5 +209,6 @@ def test_predicted_spans_follow_the_span_rule(corpus, tmp_path):
 
 def test_unknown_span_rule_is_refused_before_any_work(corpus, tmp_path):
     files, queries_path, _ = corpus
-    with pytest.raises(ValueError, match="unknown span rule 'middle'"):
-        evaluate(tmp_path / "missing.pt", files, queries_path, "test", tmp_path, span_rule="middle")
+    source = ModelSource("amdnet", {}, "pooled", False, str(tmp_path / "missing.pt"))
+    with pytest.raises(ValueError, match="model 'amdnet' has no span rule 'middle'; choose one of grown, "):
+        evaluate(source, files, queries_path, "test", tmp_path, span_rule="middle")

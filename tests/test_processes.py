@@ -17,9 +17,9 @@ import torch
 
 import tasks
 from amdnet.atomic import DiskFullError, atomic_path, write_json_atomic
-from amdnet.config import ModelConfig, TrainConfig
-from amdnet.model import AMDNet
-from amdnet.train import save_checkpoint
+from amdnet.config import TrainConfig
+from models import create_model
+from models.checkpoints import save_checkpoint
 from test_stage_lock import StageProcess, assert_same_features, fresh_workdir, prepared, stage_folders  # noqa: F401
 
 
@@ -112,9 +112,9 @@ def tiny_disk(tmp_path):
 def test_a_full_disk_is_named_when_a_checkpoint_is_saved(tiny_disk):
     best = tiny_disk / "best.pt"
     best.write_bytes(b"the previous checkpoint")
-    model = AMDNet(ModelConfig(hidden_size=64), video_dim=512, query_dim=512)  # ~1 MB of weights: cannot fit
+    model = create_model("amdnet", 512, 512, hidden_size=64)  # ~1 MB of weights: cannot fit
     with pytest.raises(DiskFullError, match=f"no space left on {tiny_disk} ") as error:
-        save_checkpoint(best, model, ModelConfig(hidden_size=64), TrainConfig(), (512, 512))
+        save_checkpoint(best, model, TrainConfig(), (512, 512))
     assert "basic_ios" not in str(error.value) and "while writing best.pt" in str(error.value)
     assert sorted(p.name for p in tiny_disk.iterdir()) == ["best.pt"]  # no temporary file left behind
     assert best.read_bytes() == b"the previous checkpoint"
