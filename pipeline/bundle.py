@@ -19,9 +19,10 @@ import ast
 import logging
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import h5py
 import numpy as np
@@ -30,7 +31,7 @@ from amdnet.atomic import atomic_path, write_jsonl_atomic, write_text_atomic
 from pipeline.datasets import SPLITS, AnnotationError
 from pipeline.paths import confined, opaque_name, plain_name
 from pipeline.text_files import text_lines
-from storage import QUERY_GROUPS, FeatureFile, FeatureWriter
+from storage import QUERY_GROUPS, FeatureFile, FeatureWriter, RaggedGroup
 
 log = logging.getLogger("pipeline")
 
@@ -135,18 +136,39 @@ class BigFileRows:
         return np.asarray(self.matrix[[self.index_of[row] for row in row_ids]])
 
 
-def write_bigfile(folder: Path, videos: dict[str, np.ndarray]) -> None:
-    """Writes (T, D) arrays per video as a BigFile folder; row ids are ``<video_id>_<index>``."""
+class BigFileWriter:
+    """Writes a BigFile folder video by video: the rows go to feature.bin as they come (float32), so
+    only the ids and row counts stay in memory; row ids are ``<video_id>_<index>``. Made by
+    ``bigfile_writer``."""
+
+    def __init__(self, binary):
+        self._binary = binary
+        self.rows: dict[str, int] = {}  # video id -> T, in the order written
+        self.dim: int | None = None
+
+    def write(self, video_id: str, features: np.ndarray) -> None:
+        features = np.asarray(features, dtype=np.float32)  # (T, D)
+        if self.dim is None:
+            self.dim = features.shape[1]
+        if features.ndim != 2 or features.shape[1] != self.dim:
+            raise BundleError(f"BigFile: video {video_id!r} has rows of shape {features.shape[1:]}, the first "
+                              f"video's are ({self.dim},)")
+        self._binary.write(np.ascontiguousarray(features).data)
+        self.rows[video_id] = len(features)
+
+
+@contextmanager
+def bigfile_writer(folder: Path) -> Iterator[BigFileWriter]:
+    """A ``BigFileWriter`` into ``folder``; feature.bin, then the text files, are published when the block
+    ends without an error."""
     folder.mkdir(parents=True, exist_ok=True)
-    row_ids = [f"{video_id}_{index}" for video_id, features in videos.items() for index in range(len(features))]
-    matrix = np.concatenate(list(videos.values())).astype(np.float32)  # (N, D)
-    with atomic_path(folder / "feature.bin") as temporary:
-        matrix.tofile(temporary)
-    write_text_atomic(folder / "id.txt", " ".join(row_ids) + "\n")
-    video2frames = {video_id: [f"{video_id}_{index}" for index in range(len(features))]
-                    for video_id, features in videos.items()}
-    write_text_atomic(folder / "video2frames.txt", repr(video2frames) + "\n")
-    write_text_atomic(folder / "shape.txt", f"{matrix.shape[0]} {matrix.shape[1]}\n")
+    with atomic_path(folder / "feature.bin") as temporary, open(temporary, "wb") as binary:
+        writer = BigFileWriter(binary)
+        yield writer
+    row_ids = {video_id: [f"{video_id}_{index}" for index in range(count)] for video_id, count in writer.rows.items()}
+    write_text_atomic(folder / "id.txt", " ".join(row for rows in row_ids.values() for row in rows) + "\n")
+    write_text_atomic(folder / "video2frames.txt", repr(row_ids) + "\n")
+    write_text_atomic(folder / "shape.txt", f"{sum(writer.rows.values())} {writer.dim}\n")
 
 
 # ---- import ------------------------------------------------------------------------------------------
@@ -420,8 +442,9 @@ def export_bundle(video_features: Path, query_features: Path, queries: list[dict
     feature_dir.mkdir(parents=True, exist_ok=True)
     with FeatureFile(video_features) as video_file, FeatureFile(query_features) as query_file:
         video_group, tokens, pooled = video_file.group(), query_file.group("tokens"), query_file.group("pooled")
-        unexportable = sorted({q["video_id"] for q in queries if not _exportable_id(q["video_id"])})
-        kept = [q for q in queries if _exportable_id(q["video_id"]) and q["video_id"] in video_group
+        exportable = {video_id: _exportable_id(video_id) for video_id in {q["video_id"] for q in queries}}
+        unexportable = sorted(video_id for video_id, ok in exportable.items() if not ok)
+        kept = [q for q in queries if exportable[q["video_id"]] and q["video_id"] in video_group
                 and q["cap_id"] in pooled]
         renamed, captions = bundle_caption_ids(kept), _one_per_caption(kept)
         _check_one_query_per_id(kept)
@@ -432,18 +455,34 @@ def export_bundle(video_features: Path, query_features: Path, queries: list[dict
         clip = BundleLayout(layout.root, layout.collection, query="clip").query_file
         caption_ids = [q["cap_id"] for q in captions]
         bundle_ids = [renamed[cap_id] for cap_id in caption_ids]
-        write_keyed_h5(roberta, zip(bundle_ids, (array for _, array in tokens.iterate(caption_ids))), query_file.attrs)
-        write_keyed_h5(clip, zip(bundle_ids, (array for _, array in pooled.iterate(caption_ids))), query_file.attrs)
+        write_keyed_h5(roberta, zip(bundle_ids, (array for _, array in _in_batches(tokens, caption_ids))),
+                       query_file.attrs)
+        write_keyed_h5(clip, zip(bundle_ids, (array for _, array in _in_batches(pooled, caption_ids))),
+                       query_file.attrs)
         video_ids = list(dict.fromkeys(q["video_id"] for q in kept))
-        videos = dict(zip(video_ids, video_group.gather(video_ids)))
-        write_keyed_h5(BundleLayout(layout.root, layout.collection).video_source, videos.items(), video_file.attrs)
-    write_bigfile(feature_dir / EXPORTED_BIGFILE, videos)
+        # One pass over the videos writes both video layouts, a batch of them in memory at a time.
+        with keyed_h5_writer(BundleLayout(layout.root, layout.collection).video_source, video_file.attrs) as keyed, \
+                bigfile_writer(feature_dir / EXPORTED_BIGFILE) as bigfile:
+            for video_id, features in _in_batches(video_group, video_ids):
+                keyed.write(video_id, features)
+                bigfile.write(video_id, features)
     write_text_atomic(text_dir / "cap_ids.tsv", "".join(f"{ours}\t{theirs}\n" for ours, theirs in renamed.items()))
     if unexportable:
         log.warning("bundle export: %d video id(s) the reference format cannot hold left out (e.g. %r)",
                     len(unexportable), unexportable[0])
-    return {"inputs": {"queries": len(queries), "videos": len(videos)}, "exported_queries": len(kept),
+    return {"inputs": {"queries": len(queries), "videos": len(video_ids)}, "exported_queries": len(kept),
             "left_out_queries": len(queries) - len(kept), "unexportable_video_ids": unexportable}
+
+
+# Export reads our feature files this many bytes at a time: the most of them it holds at once.
+_EXPORT_BATCH_BYTES = 64 << 20
+
+
+def _in_batches(group: RaggedGroup, entry_ids: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """(id, entry) of ``entry_ids``, gathered about ``_EXPORT_BATCH_BYTES`` at a time (by the mean entry)."""
+    row_bytes = group.dtype.itemsize * math.prod(group.row_shape)
+    entry_bytes = max(1, row_bytes * int(group.offsets[-1]) // max(1, len(group)))
+    return group.iterate(entry_ids, batch_entries=max(1, _EXPORT_BATCH_BYTES // entry_bytes))
 
 
 def _check_one_query_per_id(queries: list[dict]) -> None:
@@ -465,23 +504,47 @@ def _exportable_id(video_id: str) -> bool:
 _COMPACT_MAX_BYTES = 60_000
 
 
+class KeyedH5Writer:
+    """Writes one dataset per key, the layout the reference code reads; made by ``keyed_h5_writer``.
+
+    Each dataset is made with h5py's low-level calls, compact when small and without modification
+    times, its HDF5 type and dataspace made once per dtype and shape: about a third of what
+    ``create_dataset`` costs a dataset, which is what these files' writing time is made of (there is
+    one per caption)."""
+
+    def __init__(self, file: h5py.File):
+        self._file = file
+        self._compact, self._contiguous = (h5py.h5p.create(h5py.h5p.DATASET_CREATE) for _ in range(2))
+        self._compact.set_layout(h5py.h5d.COMPACT)
+        for plist in (self._compact, self._contiguous):
+            plist.set_obj_track_times(False)
+        self._utf8_names = h5py.h5p.create(h5py.h5p.LINK_CREATE)
+        self._utf8_names.set_char_encoding(h5py.h5t.CSET_UTF8)
+        self._types: dict[np.dtype, h5py.h5t.TypeID] = {}
+        self._spaces: dict[tuple[int, ...], h5py.h5s.SpaceID] = {}
+
+    def write(self, key: str, array: np.ndarray) -> None:
+        array = np.ascontiguousarray(array)
+        if array.dtype not in self._types:
+            self._types[array.dtype] = h5py.h5t.py_create(array.dtype)
+        if array.shape not in self._spaces:
+            self._spaces[array.shape] = h5py.h5s.create_simple(array.shape)
+        dataset = h5py.h5d.create(self._file.id, key.encode(), self._types[array.dtype], self._spaces[array.shape],
+                                  lcpl=self._utf8_names,
+                                  dcpl=self._compact if array.nbytes <= _COMPACT_MAX_BYTES else self._contiguous)
+        if array.size:
+            dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, array)
+
+
+@contextmanager
+def keyed_h5_writer(path: Path, attrs: dict) -> Iterator[KeyedH5Writer]:
+    """A ``KeyedH5Writer`` into ``path``, published when the block ends without an error."""
+    with atomic_path(path) as temporary, h5py.File(temporary, "w") as file:
+        file.attrs.update(attrs)
+        yield KeyedH5Writer(file)
+
+
 def write_keyed_h5(path: Path, entries: Iterable[tuple[str, np.ndarray]], attrs: dict) -> None:
-    """One dataset per key, the layout the reference code reads. Each is made with h5py's low-level
-    calls, compact when small and without modification times: about a third of what ``create_dataset``
-    costs a dataset, which is what this file's writing time is made of (there is one per caption)."""
-    compact, contiguous = (h5py.h5p.create(h5py.h5p.DATASET_CREATE) for _ in range(2))
-    compact.set_layout(h5py.h5d.COMPACT)
-    for plist in (compact, contiguous):
-        plist.set_obj_track_times(False)
-    utf8_names = h5py.h5p.create(h5py.h5p.LINK_CREATE)
-    utf8_names.set_char_encoding(h5py.h5t.CSET_UTF8)
-    with atomic_path(path) as temporary:
-        with h5py.File(temporary, "w") as file:
-            file.attrs.update(attrs)
-            for key, array in entries:
-                array = np.ascontiguousarray(array)
-                dataset = h5py.h5d.create(file.id, key.encode(), h5py.h5t.py_create(array.dtype),
-                                          h5py.h5s.create_simple(array.shape), lcpl=utf8_names,
-                                          dcpl=compact if array.nbytes <= _COMPACT_MAX_BYTES else contiguous)
-                if array.size:
-                    dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, array)
+    with keyed_h5_writer(path, attrs) as writer:
+        for key, array in entries:
+            writer.write(key, array)
