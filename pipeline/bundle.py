@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import ast
 import logging
+import math
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import h5py
 import numpy as np
@@ -28,7 +31,7 @@ from amdnet.atomic import atomic_path, write_jsonl_atomic, write_text_atomic
 from pipeline.datasets import SPLITS, AnnotationError
 from pipeline.paths import confined, opaque_name, plain_name
 from pipeline.text_files import text_lines
-from storage import QUERY_GROUPS, FeatureFile, FeatureWriter
+from storage import QUERY_GROUPS, FeatureFile, FeatureWriter, RaggedGroup
 
 log = logging.getLogger("pipeline")
 
@@ -133,18 +136,39 @@ class BigFileRows:
         return np.asarray(self.matrix[[self.index_of[row] for row in row_ids]])
 
 
-def write_bigfile(folder: Path, videos: dict[str, np.ndarray]) -> None:
-    """Writes (T, D) arrays per video as a BigFile folder; row ids are ``<video_id>_<index>``."""
+class BigFileWriter:
+    """Writes a BigFile folder video by video: the rows go to feature.bin as they come (float32), so
+    only the ids and row counts stay in memory; row ids are ``<video_id>_<index>``. Made by
+    ``bigfile_writer``."""
+
+    def __init__(self, binary):
+        self._binary = binary
+        self.rows: dict[str, int] = {}  # video id -> T, in the order written
+        self.dim: int | None = None
+
+    def write(self, video_id: str, features: np.ndarray) -> None:
+        features = np.asarray(features, dtype=np.float32)  # (T, D)
+        if self.dim is None:
+            self.dim = features.shape[1]
+        if features.ndim != 2 or features.shape[1] != self.dim:
+            raise BundleError(f"BigFile: video {video_id!r} has rows of shape {features.shape[1:]}, the first "
+                              f"video's are ({self.dim},)")
+        self._binary.write(np.ascontiguousarray(features).data)
+        self.rows[video_id] = len(features)
+
+
+@contextmanager
+def bigfile_writer(folder: Path) -> Iterator[BigFileWriter]:
+    """A ``BigFileWriter`` into ``folder``; feature.bin, then the text files, are published when the block
+    ends without an error."""
     folder.mkdir(parents=True, exist_ok=True)
-    row_ids = [f"{video_id}_{index}" for video_id, features in videos.items() for index in range(len(features))]
-    matrix = np.concatenate(list(videos.values())).astype(np.float32)  # (N, D)
-    with atomic_path(folder / "feature.bin") as temporary:
-        matrix.tofile(temporary)
-    write_text_atomic(folder / "id.txt", " ".join(row_ids) + "\n")
-    video2frames = {video_id: [f"{video_id}_{index}" for index in range(len(features))]
-                    for video_id, features in videos.items()}
-    write_text_atomic(folder / "video2frames.txt", repr(video2frames) + "\n")
-    write_text_atomic(folder / "shape.txt", f"{matrix.shape[0]} {matrix.shape[1]}\n")
+    with atomic_path(folder / "feature.bin") as temporary, open(temporary, "wb") as binary:
+        writer = BigFileWriter(binary)
+        yield writer
+    row_ids = {video_id: [f"{video_id}_{index}" for index in range(count)] for video_id, count in writer.rows.items()}
+    write_text_atomic(folder / "id.txt", " ".join(row for rows in row_ids.values() for row in rows) + "\n")
+    write_text_atomic(folder / "video2frames.txt", repr(row_ids) + "\n")
+    write_text_atomic(folder / "shape.txt", f"{sum(writer.rows.values())} {writer.dim}\n")
 
 
 # ---- import ------------------------------------------------------------------------------------------
@@ -207,10 +231,9 @@ def import_bundle(layout: BundleLayout, out_dir: Path, rows_per_second: float, a
     """
     layout.check_present()
     queries = _read_captions(layout)
-    with _VideoSource(layout) as videos, h5py.File(layout.query_file, "r") as query_file:
+    with _VideoSource(layout) as videos, KeyedH5(layout.query_file) as query_file:
         missing_videos = sorted({q["video_id"] for q in queries} - videos.ids)
-        keys = set(query_file)  # listed once: a lookup per caption would cost an HDF5 call each
-        query_keys = {q["cap_id"]: _query_key(keys, q["cap_id"]) for q in queries}
+        query_keys = {q["cap_id"]: _query_key(query_file.keys, q["cap_id"]) for q in queries}
         missing_captions = sorted(cap_id for cap_id, key in query_keys.items() if key is None)
         kept = [q for q in queries if q["video_id"] in videos.ids and query_keys[q["cap_id"]] is not None]
         _check_splits_filled(kept, layout)
@@ -247,17 +270,76 @@ def _check_splits_filled(kept: list[dict], layout: BundleLayout) -> None:
                           f"features in {layout.video_source} and query features in {layout.query_file}")
 
 
+class KeyedH5:
+    """A bundle HDF5 file of one dataset per key (a video's rows, a caption's vector), read by key.
+
+    The bundle holds about 100k datasets of a few KB, so what a read costs is the per-dataset calls, not
+    the bytes. Each dataset is opened once through h5py's low-level API; when its bytes lie in one
+    allocated block of the file (contiguous layout, hence no filters, no external storage; what h5py
+    writes by default) they are read with one ``os.pread`` at its offset, else through HDF5's own read.
+    Both give the same array: the stored values in the stored dtype.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = h5py.File(path, "r")
+        self._fd = os.open(path, os.O_RDONLY)
+        self.keys = set(self._file)  # listed once: a lookup per caption would cost an HDF5 call each
+        self._user_block = self._file.userblock_size > 0
+        self._dtypes: list[tuple[h5py.h5t.TypeID, np.dtype]] = []  # dtypes seen, by their HDF5 type
+
+    def __enter__(self) -> "KeyedH5":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self._fd)
+        self._file.close()
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return h5py.h5d.open(self._file.id, key.encode()).shape
+
+    def read(self, key: str) -> np.ndarray:
+        dataset = h5py.h5d.open(self._file.id, key.encode())
+        shape, dtype = dataset.shape, self._dtype(dataset.get_type())
+        nbytes = math.prod(shape) * dtype.itemsize
+        offset = dataset.get_offset()  # None unless contiguous in this file (not chunked, compact or external)
+        # In a file with a user block an unallocated dataset's offset is not None (HDF5 adds the block's
+        # size to its undefined address): there, the stored size must be the array's.
+        if offset is None or not nbytes or dtype.kind not in "fiu" or (
+                self._user_block and dataset.get_storage_size() != nbytes):
+            return _read_through_hdf5(dataset, shape, dtype)
+        raw = os.pread(self._fd, nbytes, offset)
+        if len(raw) != nbytes:
+            raise BundleError(f"{self.path}: dataset {key!r} ends past the end of the file (a truncated copy?)")
+        return np.frombuffer(raw, dtype).reshape(shape)
+
+    def _dtype(self, hdf5_type: h5py.h5t.TypeID) -> np.dtype:
+        # Converting an HDF5 type to a numpy dtype costs more than comparing it with the few seen.
+        for seen, dtype in self._dtypes:
+            if hdf5_type.equal(seen):
+                return dtype
+        self._dtypes.append((hdf5_type, hdf5_type.dtype))
+        return self._dtypes[-1][1]
+
+
+def _read_through_hdf5(dataset: h5py.h5d.DatasetID, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    array = np.empty(shape, dtype)
+    if array.size:
+        dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, array)
+    return array
+
+
 class _VideoSource:
     """The bundle's video features, from the CLIP HDF5 file or a BigFile folder, by video id."""
 
     def __init__(self, layout: BundleLayout):
         self.layout = layout
-        self._file = None
+        self._file: KeyedH5 | None = None
 
     def __enter__(self) -> "_VideoSource":
         if self.layout.video == CLIP_VIDEO:
-            self._file = h5py.File(self.layout.video_source, "r")
-            self.ids = set(self._file.keys())
+            self._file = KeyedH5(self.layout.video_source)
+            self.ids = self._file.keys
         else:
             self.video2frames, self.rows = read_bigfile(self.layout.video_source)
             self.ids = set(self.video2frames)
@@ -265,17 +347,17 @@ class _VideoSource:
 
     def __exit__(self, *exc) -> None:
         if self._file is not None:
-            self._file.close()
+            self._file.__exit__(*exc)
 
     def __getitem__(self, video_id: str) -> np.ndarray:
         if self._file is not None:
-            return _read_keyed(self._file, video_id)
+            return self._file.read(video_id)
         return self.rows.video(video_id, self.video2frames[video_id])
 
     def row_count(self, video_id: str) -> int:
         """T of a video, without reading its rows."""
         if self._file is not None:
-            return self._file[video_id].shape[0]
+            return self._file.shape(video_id)[0]
         return len(self.video2frames[video_id])
 
 
@@ -284,47 +366,41 @@ def _write_videos(videos: _VideoSource, video_ids: list[str], path: Path, rows_p
     """A (T, D) entry per video with sample timestamps; returns T per video."""
     dim = np.shape(videos[video_ids[0]])[-1]
     source = videos.layout.video_source  # resolved once: it is only named in errors
+    rows: dict[str, int] = {}
     with FeatureWriter(path, {**attrs, "dim": dim}) as writer:
         for video_id in video_ids:
             if writer.done(video_id):  # written before an interruption
+                rows[video_id] = videos.row_count(video_id)
                 continue
             features = np.asarray(videos[video_id], dtype=np.float32)  # (T, D)
             _check_shape(features, 2, dim, f"{source}: video {video_id!r}")
             timestamps = (np.arange(len(features)) + 0.5) / rows_per_second
             writer.write(video_id, features, timestamps=timestamps, duration=len(features) / rows_per_second)
+            rows[video_id] = len(features)
         writer.finish()
-    return {video_id: videos.row_count(video_id) for video_id in video_ids}
+    return rows
 
 
-def _write_queries(query_file: h5py.File, layout: BundleLayout, queries: list[dict], keys: dict[str, str],
+def _write_queries(query_file: KeyedH5, layout: BundleLayout, queries: list[dict], keys: dict[str, str],
                    path: Path, attrs: dict) -> None:
     """tokens/<cap_id> (L, D) and pooled/<cap_id> (D,): RoBERTa tokens are mean-pooled; a CLIP vector
     is its own pooled vector and a one-token sequence."""
     ndim = 2 if layout.query == "roberta" else 1
     layer = -2 if layout.query == "roberta" else -1
-    dim = np.shape(query_file[keys[queries[0]["cap_id"]]])[-1]
+    dim = query_file.shape(keys[queries[0]["cap_id"]])[-1]
     source = layout.query_file  # resolved once: it is only named in errors
     with FeatureWriter(path, {**attrs, "model": f"bundle:{layout.query}", "dim": dim, "layer": layer},
                        groups=QUERY_GROUPS) as writer:
         for query in (query for query in queries if not writer.done(query["cap_id"])):
-            features = _read_keyed(query_file, keys[query["cap_id"]]).astype(np.float32, copy=False)
+            features = query_file.read(keys[query["cap_id"]]).astype(np.float32, copy=False)
             if ndim == 1 and features.shape[:1] == (1,):
                 features = features.reshape(-1)  # some releases store the CLIP vector as (1, D)
             _check_shape(features, ndim, dim, f"{source}: caption {keys[query['cap_id']]!r}")
-            tokens = features if ndim == 2 else features[None]  # (L, D)
-            writer.write(query["cap_id"], tokens, group="tokens")
-            writer.write(query["cap_id"], tokens.mean(axis=0), group="pooled")  # (D,)
+            writer.write(query["cap_id"], features if ndim == 2 else features[None], group="tokens")  # (L, D)
+            # (D,); the mean of one token, as ``mean`` computes it (0 + x, so -0.0 becomes 0.0) at a tenth of its cost.
+            pooled = features.mean(axis=0) if ndim == 2 else features + np.float32(0)
+            writer.write(query["cap_id"], pooled, group="pooled")
         writer.finish()
-
-
-def _read_keyed(file: h5py.File, key: str) -> np.ndarray:
-    """The dataset ``key`` of a bundle file, read through h5py's low-level calls: the bundle has one
-    dataset per caption, and ``file[key][()]`` costs several times more per dataset."""
-    dataset = h5py.h5d.open(file.id, key.encode())
-    array = np.empty(dataset.shape, dataset.dtype)
-    if array.size:
-        dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, array)
-    return array
 
 
 def _check_shape(features: np.ndarray, ndim: int, dim: int, where: str) -> None:
@@ -366,8 +442,9 @@ def export_bundle(video_features: Path, query_features: Path, queries: list[dict
     feature_dir.mkdir(parents=True, exist_ok=True)
     with FeatureFile(video_features) as video_file, FeatureFile(query_features) as query_file:
         video_group, tokens, pooled = video_file.group(), query_file.group("tokens"), query_file.group("pooled")
-        unexportable = sorted({q["video_id"] for q in queries if not _exportable_id(q["video_id"])})
-        kept = [q for q in queries if _exportable_id(q["video_id"]) and q["video_id"] in video_group
+        exportable = {video_id: _exportable_id(video_id) for video_id in {q["video_id"] for q in queries}}
+        unexportable = sorted(video_id for video_id, ok in exportable.items() if not ok)
+        kept = [q for q in queries if exportable[q["video_id"]] and q["video_id"] in video_group
                 and q["cap_id"] in pooled]
         renamed, captions = bundle_caption_ids(kept), _one_per_caption(kept)
         _check_one_query_per_id(kept)
@@ -378,18 +455,34 @@ def export_bundle(video_features: Path, query_features: Path, queries: list[dict
         clip = BundleLayout(layout.root, layout.collection, query="clip").query_file
         caption_ids = [q["cap_id"] for q in captions]
         bundle_ids = [renamed[cap_id] for cap_id in caption_ids]
-        write_keyed_h5(roberta, zip(bundle_ids, (array for _, array in tokens.iterate(caption_ids))), query_file.attrs)
-        write_keyed_h5(clip, zip(bundle_ids, (array for _, array in pooled.iterate(caption_ids))), query_file.attrs)
+        write_keyed_h5(roberta, zip(bundle_ids, (array for _, array in _in_batches(tokens, caption_ids))),
+                       query_file.attrs)
+        write_keyed_h5(clip, zip(bundle_ids, (array for _, array in _in_batches(pooled, caption_ids))),
+                       query_file.attrs)
         video_ids = list(dict.fromkeys(q["video_id"] for q in kept))
-        videos = dict(zip(video_ids, video_group.gather(video_ids)))
-        write_keyed_h5(BundleLayout(layout.root, layout.collection).video_source, videos.items(), video_file.attrs)
-    write_bigfile(feature_dir / EXPORTED_BIGFILE, videos)
+        # One pass over the videos writes both video layouts, a batch of them in memory at a time.
+        with keyed_h5_writer(BundleLayout(layout.root, layout.collection).video_source, video_file.attrs) as keyed, \
+                bigfile_writer(feature_dir / EXPORTED_BIGFILE) as bigfile:
+            for video_id, features in _in_batches(video_group, video_ids):
+                keyed.write(video_id, features)
+                bigfile.write(video_id, features)
     write_text_atomic(text_dir / "cap_ids.tsv", "".join(f"{ours}\t{theirs}\n" for ours, theirs in renamed.items()))
     if unexportable:
         log.warning("bundle export: %d video id(s) the reference format cannot hold left out (e.g. %r)",
                     len(unexportable), unexportable[0])
-    return {"inputs": {"queries": len(queries), "videos": len(videos)}, "exported_queries": len(kept),
+    return {"inputs": {"queries": len(queries), "videos": len(video_ids)}, "exported_queries": len(kept),
             "left_out_queries": len(queries) - len(kept), "unexportable_video_ids": unexportable}
+
+
+# Export reads our feature files this many bytes at a time: the most of them it holds at once.
+_EXPORT_BATCH_BYTES = 64 << 20
+
+
+def _in_batches(group: RaggedGroup, entry_ids: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """(id, entry) of ``entry_ids``, gathered about ``_EXPORT_BATCH_BYTES`` at a time (by the mean entry)."""
+    row_bytes = group.dtype.itemsize * math.prod(group.row_shape)
+    entry_bytes = max(1, row_bytes * int(group.offsets[-1]) // max(1, len(group)))
+    return group.iterate(entry_ids, batch_entries=max(1, _EXPORT_BATCH_BYTES // entry_bytes))
 
 
 def _check_one_query_per_id(queries: list[dict]) -> None:
@@ -411,23 +504,47 @@ def _exportable_id(video_id: str) -> bool:
 _COMPACT_MAX_BYTES = 60_000
 
 
+class KeyedH5Writer:
+    """Writes one dataset per key, the layout the reference code reads; made by ``keyed_h5_writer``.
+
+    Each dataset is made with h5py's low-level calls, compact when small and without modification
+    times, its HDF5 type and dataspace made once per dtype and shape: about a third of what
+    ``create_dataset`` costs a dataset, which is what these files' writing time is made of (there is
+    one per caption)."""
+
+    def __init__(self, file: h5py.File):
+        self._file = file
+        self._compact, self._contiguous = (h5py.h5p.create(h5py.h5p.DATASET_CREATE) for _ in range(2))
+        self._compact.set_layout(h5py.h5d.COMPACT)
+        for plist in (self._compact, self._contiguous):
+            plist.set_obj_track_times(False)
+        self._utf8_names = h5py.h5p.create(h5py.h5p.LINK_CREATE)
+        self._utf8_names.set_char_encoding(h5py.h5t.CSET_UTF8)
+        self._types: dict[np.dtype, h5py.h5t.TypeID] = {}
+        self._spaces: dict[tuple[int, ...], h5py.h5s.SpaceID] = {}
+
+    def write(self, key: str, array: np.ndarray) -> None:
+        array = np.ascontiguousarray(array)
+        if array.dtype not in self._types:
+            self._types[array.dtype] = h5py.h5t.py_create(array.dtype)
+        if array.shape not in self._spaces:
+            self._spaces[array.shape] = h5py.h5s.create_simple(array.shape)
+        dataset = h5py.h5d.create(self._file.id, key.encode(), self._types[array.dtype], self._spaces[array.shape],
+                                  lcpl=self._utf8_names,
+                                  dcpl=self._compact if array.nbytes <= _COMPACT_MAX_BYTES else self._contiguous)
+        if array.size:
+            dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, array)
+
+
+@contextmanager
+def keyed_h5_writer(path: Path, attrs: dict) -> Iterator[KeyedH5Writer]:
+    """A ``KeyedH5Writer`` into ``path``, published when the block ends without an error."""
+    with atomic_path(path) as temporary, h5py.File(temporary, "w") as file:
+        file.attrs.update(attrs)
+        yield KeyedH5Writer(file)
+
+
 def write_keyed_h5(path: Path, entries: Iterable[tuple[str, np.ndarray]], attrs: dict) -> None:
-    """One dataset per key, the layout the reference code reads. Each is made with h5py's low-level
-    calls, compact when small and without modification times: about a third of what ``create_dataset``
-    costs a dataset, which is what this file's writing time is made of (there is one per caption)."""
-    compact, contiguous = (h5py.h5p.create(h5py.h5p.DATASET_CREATE) for _ in range(2))
-    compact.set_layout(h5py.h5d.COMPACT)
-    for plist in (compact, contiguous):
-        plist.set_obj_track_times(False)
-    utf8_names = h5py.h5p.create(h5py.h5p.LINK_CREATE)
-    utf8_names.set_char_encoding(h5py.h5t.CSET_UTF8)
-    with atomic_path(path) as temporary:
-        with h5py.File(temporary, "w") as file:
-            file.attrs.update(attrs)
-            for key, array in entries:
-                array = np.ascontiguousarray(array)
-                dataset = h5py.h5d.create(file.id, key.encode(), h5py.h5t.py_create(array.dtype),
-                                          h5py.h5s.create_simple(array.shape), lcpl=utf8_names,
-                                          dcpl=compact if array.nbytes <= _COMPACT_MAX_BYTES else contiguous)
-                if array.size:
-                    dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, array)
+    with keyed_h5_writer(path, attrs) as writer:
+        for key, array in entries:
+            writer.write(key, array)

@@ -165,3 +165,27 @@ def test_a_caption_in_val_and_test_is_one_query_unless_its_text_differs(tmp_path
     with pytest.raises(AnnotationError, match=r"minitest\.caption\.txt:4: caption id te1#enc#1 is also at "
                                               r".*minival\.caption\.txt:4 with another text"):
         import_bundle(BundleLayout(root, "mini", query="roberta"), tmp_path / "x", 1.0, {})
+
+
+def test_keyed_reads_give_the_stored_arrays_whatever_the_layout(tmp_path):
+    """The pread fast path (contiguous) and HDF5's read (chunked, compressed, compact, unallocated, in a
+    file with a user block) give the same arrays as h5py."""
+    from pipeline.bundle import KeyedH5
+
+    rng = np.random.default_rng(0)
+    arrays = {"contiguous": rng.normal(size=(5, 7)).astype(np.float32), "big_endian": np.arange(6, dtype=">f4"),
+              "float64": rng.normal(size=(3,)), "chunked": rng.normal(size=(8, 4)).astype(np.float32),
+              "gzip": rng.normal(size=(8, 4)).astype(np.float32)}
+    for user_block in (0, 512):
+        path = tmp_path / f"keyed{user_block}.h5"
+        with h5py.File(path, "w", userblock_size=user_block) as file:
+            for key in ("contiguous", "big_endian", "float64"):
+                file[key] = arrays[key]
+            file.create_dataset("chunked", data=arrays["chunked"], chunks=(2, 4))
+            file.create_dataset("gzip", data=arrays["gzip"], chunks=(4, 4), compression="gzip")
+            file.create_dataset("unallocated", shape=(3, 2), dtype=np.float32)
+        with KeyedH5(path) as keyed, h5py.File(path, "r") as reference:
+            assert h5py.h5d.open(reference.id, b"contiguous").get_offset() is not None  # the fast path is taken
+            for key in (*arrays, "unallocated"):
+                read = keyed.read(key)
+                assert read.dtype == reference[key].dtype and read.tobytes() == reference[key][()].tobytes(), key
