@@ -35,15 +35,18 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from amdnet import AMDNet, FeatureFiles, ModelConfig, TrainConfig
-from amdnet.data import VideoCaptionDataset, collate_videos_with_captions
-from amdnet.evaluate import PreloadedSplit, cosine_scores, evaluate, split_metrics
-from amdnet.optim import BertAdam, parameter_groups
+from amdnet import FeatureFiles, TrainConfig
+from amdnet.data import VideoCaptionDataset, VideoInputs, collate_videos_with_captions
+from amdnet.evaluate import PreloadedSplit, evaluate, score_videos, split_metrics
+from amdnet.optim import BertAdam
 from amdnet.synthetic import SyntheticCorpusSpec, write_synthetic_corpus
-from amdnet.train import intra_op_threads, save_checkpoint, training_step
+from amdnet.train import intra_op_threads, training_step
+from models import concat_rows, create_model
+from models.checkpoints import ModelSource, save_checkpoint
+
+AMDNET_INPUTS = VideoInputs(("clips",), map_size=32)  # AMDNet's default: 32 clips a video
 
 TVR_TRAIN_VIDEOS, TVR_TEST_VIDEOS, TVR_CAPTIONS_PER_VIDEO = 17_435, 2_179, 5
 EVAL_SPLIT = "test"  # TVR's validation and test splits have the same shape
@@ -78,10 +81,10 @@ def corpus_files(workdir: Path, scale: float) -> tuple[FeatureFiles, Path]:
     return FeatureFiles(folder / "videos.h5", folder / "queries.h5"), folder / "queries.jsonl"
 
 
-def fresh_model(dataset, train_config: TrainConfig) -> tuple[AMDNet, BertAdam]:
+def fresh_model(dataset, train_config: TrainConfig) -> tuple:
     torch.manual_seed(train_config.seed)
-    model = AMDNet(ModelConfig(), dataset.video_dim, dataset.query_dim)
-    optimizer = BertAdam(parameter_groups(model, train_config.weight_decay), lr=train_config.lr,
+    model = create_model("amdnet", dataset.video_dim, dataset.query_dim)
+    optimizer = BertAdam(model.parameter_groups(train_config.weight_decay), lr=train_config.lr,
                          max_grad_norm=train_config.max_grad_norm)
     return model.train(), optimizer
 
@@ -96,10 +99,10 @@ def model_steps(dataset, config: TrainConfig, batches: list[dict], threads: int)
     """Training steps on batches already in memory: the model's compute alone."""
     model, optimizer = fresh_model(dataset, config)
     with intra_op_threads(threads):
-        training_step(model, optimizer, batches[0], config, config.lr, torch.device("cpu"))  # warm-up
+        training_step(model, optimizer, batches[0], 1, config.lr, torch.device("cpu"))  # warm-up
         with Timer() as timer:
             for batch in batches:
-                training_step(model, optimizer, batch, config, config.lr, torch.device("cpu"))
+                training_step(model, optimizer, batch, 1, config.lr, torch.device("cpu"))
     return timer
 
 
@@ -110,24 +113,23 @@ def loader_steps(dataset, config: TrainConfig, steps: int, num_workers: int) -> 
     timed = 0
     with intra_op_threads(config.threads):
         batches = iter(training_loader(dataset, config, num_workers))
-        training_step(model, optimizer, next(batches), config, config.lr, torch.device("cpu"))
+        training_step(model, optimizer, next(batches), 1, config.lr, torch.device("cpu"))
         with Timer() as timer:
             for _, batch in zip(range(steps), batches):
-                training_step(model, optimizer, batch, config, config.lr, torch.device("cpu"))
+                training_step(model, optimizer, batch, 1, config.lr, torch.device("cpu"))
                 timed += 1
     return timer, timed
 
 
 @torch.no_grad()
-def validation_compute(model: AMDNet, batches: list[dict], chunk_size: int) -> Timer:
+def validation_compute(model, batches: list[dict], chunk_size: int) -> Timer:
     """The model compute of a validation or evaluation: encoding + the score matrix, inputs in memory."""
     model.eval()
     with Timer() as timer:
-        queries = torch.cat([F.normalize(model.encode_queries(batch["queries"]), dim=-1) for batch in batches])
-        clips = torch.cat([F.normalize(model.encode_videos(batch["clips"]).clip_features, dim=-1)
-                           for batch in batches])
+        queries = torch.cat([model.represent_queries(batch) for batch in batches])
+        videos = concat_rows([model.represent_videos(batch) for batch in batches])
         for start in range(0, queries.shape[0], chunk_size):
-            cosine_scores(queries[start:start + chunk_size], clips, chunk_size)
+            score_videos(model, queries[start:start + chunk_size], videos, chunk_size)
     return timer
 
 
@@ -145,7 +147,7 @@ def run(args):
 
     print("\n-- data path")
     with Timer() as build:
-        train_set = VideoCaptionDataset(files, queries_path, "train")
+        train_set = VideoCaptionDataset(files, queries_path, "train", inputs=AMDNET_INPUTS)
     report("building the training dataset", build)
     with Timer() as reads:
         batches = [batch for batch, _ in zip(training_loader(train_set, config, 0), range(args.steps))]
@@ -170,7 +172,7 @@ def run(args):
     del batches
 
     print(f"\n-- per-epoch validation ({EVAL_SPLIT} split; baseline: encoding + score matrix, inputs in memory)")
-    eval_set = VideoCaptionDataset(files, queries_path, EVAL_SPLIT)
+    eval_set = VideoCaptionDataset(files, queries_path, EVAL_SPLIT, inputs=AMDNET_INPUTS)
     model, _ = fresh_model(eval_set, config)
     with Timer() as preload:
         preloaded = PreloadedSplit(eval_set)
@@ -188,9 +190,9 @@ def run(args):
 
     print(f"\n-- Evaluate ({metrics['R@1']:.1f} R@1 of an untrained model; baseline: the same model compute)")
     checkpoint = args.workdir / "benchmark.pt"
-    save_checkpoint(checkpoint, model, ModelConfig(), config, (eval_set.video_dim, eval_set.query_dim))
+    save_checkpoint(checkpoint, model, config, (eval_set.video_dim, eval_set.query_dim))
     with Timer() as evaluation:
-        evaluate(checkpoint, files, queries_path, EVAL_SPLIT, args.workdir / "benchmark_eval",
+        evaluate(ModelSource.from_checkpoint(checkpoint), files, queries_path, EVAL_SPLIT, args.workdir / "benchmark_eval",
                  chunk_size=args.chunk_size, device="cpu")
     report(f"evaluate ({len(eval_set):,} videos, top-10 predictions with spans, JSONL)", evaluation, compute)
 

@@ -357,13 +357,10 @@ def stat_seconds(paths: list[Path]) -> float:
 
 
 def _amdnet(config: dict, video_dim: int, query_dim: int):
-    import torch
+    from models import create_model
+    from models.configs import model_options
 
-    from amdnet import AMDNet
-    from pipeline.config import model_settings
-
-    torch.manual_seed(0)
-    return AMDNet(model_settings(config), video_dim, query_dim)
+    return create_model("amdnet", video_dim, query_dim, seed=0, **model_options(config))
 
 
 def encode_and_score_seconds(config: dict, n_videos: int, n_queries: int, video_dim: int, query_dim: int,
@@ -402,7 +399,7 @@ def train_steps_seconds(config: dict, n_videos: int, captions_per_video: int, vi
     mean of ``timed_steps`` steps (after 2 warm-up steps) times the epoch's step count."""
     import torch
 
-    from amdnet.optim import BertAdam, parameter_groups
+    from amdnet.optim import BertAdam
     from amdnet.train import training_step
     from pipeline.config import train_config
 
@@ -411,7 +408,7 @@ def train_steps_seconds(config: dict, n_videos: int, captions_per_video: int, vi
     try:
         settings = train_config(config)
         model = _amdnet(config, video_dim, query_dim).train()
-        optimizer = BertAdam(parameter_groups(model, settings.weight_decay), lr=settings.lr,
+        optimizer = BertAdam(model.parameter_groups(settings.weight_decay), lr=settings.lr,
                              max_grad_norm=settings.max_grad_norm)
         batch_videos = min(settings.batch_size, n_videos)
         steps = math.ceil(n_videos / settings.batch_size)
@@ -421,11 +418,11 @@ def train_steps_seconds(config: dict, n_videos: int, captions_per_video: int, vi
                  "token_mask": None,
                  "caption_to_video": torch.arange(batch_videos).repeat_interleave(captions_per_video)}
         for _ in range(2):
-            training_step(model, optimizer, batch, settings, settings.lr, torch.device("cpu"))
+            training_step(model, optimizer, batch, 1, settings.lr, torch.device("cpu"))
         timed_steps = min(timed_steps, steps)
         started = time.perf_counter()
         for _ in range(timed_steps):
-            training_step(model, optimizer, batch, settings, settings.lr, torch.device("cpu"))
+            training_step(model, optimizer, batch, 1, settings.lr, torch.device("cpu"))
         return (time.perf_counter() - started) / timed_steps * steps
     finally:
         torch.set_num_threads(previous)
@@ -444,15 +441,16 @@ def validation_seconds(config_path: Path, overrides: str, threads: int) -> float
     import torch
 
     import tasks
-    from amdnet.data import VideoCaptionDataset
+    from amdnet.data import VideoCaptionDataset, VideoInputs
     from amdnet.evaluate import split_metrics
-    from pipeline.config import model_settings, train_config
+    from pipeline.config import train_config
 
     task = tasks.Train(dataset=str(config_path), set=overrides)
-    settings, amdnet_settings = train_config(task.config), model_settings(task.config)
+    settings = train_config(task.config)
     files = tasks._feature_files(task)  # the files Train reads, as Train finds them
-    val_set = VideoCaptionDataset(files, task.upstream_dir("dataset") / "queries.jsonl", "val", settings.query_input,
-                                  settings.use_subtitles, amdnet_settings.map_size)
+    inputs = VideoInputs(("clips",), task.config["model"]["amdnet"]["map_size"])
+    val_set = VideoCaptionDataset(files, task.upstream_dir("dataset") / "queries.jsonl", "val", inputs,
+                                  settings.query_input, settings.use_subtitles)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
