@@ -49,7 +49,7 @@ compare: $(STAMP)
 explain: $(STAMP)
 	$(BIN)/python -m pipeline.explain --dataset $(DATASET) --set "$(SET)" $(if $(FORCE),--force $(FORCE))
 
-# Search the demo (or DATASET) with its trained model: make search Q="a man in a car"; the index is
+# Search the demo (or DATASET) with its model (trained, or SET="model.name=clip-zero-shot"): make search Q="a man in a car"; the index is
 # built on first use. make serve: the search page on http://$(HOST):$(PORT)/.
 search: $(STAMP)
 	$(BIN)/python -m search --dataset $(DATASET) --set "$(SET)" -k $(K) "$(Q)"

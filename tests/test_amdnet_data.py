@@ -7,10 +7,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from amdnet import FeatureFiles
-from amdnet.data import (VideoCaptionDataset, bin_clips, clip_statistics, collate_videos_with_captions,
+from amdnet.data import (VideoCaptionDataset, VideoInputs, bin_clips, clip_statistics, collate_videos_with_captions,
                          read_queries)
 from amdnet.synthetic import SyntheticCorpusSpec, write_synthetic_corpus
 from storage import SUBTITLE_GROUPS, FeatureFile, FeatureFileError, FeatureWriter
+
+CLIPS = VideoInputs(("clips",), map_size=32)  # AMDNet's inputs
 
 
 def binned_by_hand(features: np.ndarray, map_size: int) -> np.ndarray:
@@ -59,7 +61,7 @@ def write_subtitles(path, video_file):
 
 def test_dataset_groups_captions_by_video_and_reads_in_every_process(corpus):
     files, queries_path = corpus
-    dataset = VideoCaptionDataset(files, queries_path, "train")
+    dataset = VideoCaptionDataset(files, queries_path, "train", CLIPS)
     assert len(dataset) == 5 and dataset.video_dim == 6 and dataset.query_dim == 4
     item = dataset[2]
     assert item["video_id"] == "train_video000002"
@@ -77,7 +79,7 @@ def test_dataset_groups_captions_by_video_and_reads_in_every_process(corpus):
 
 def test_collate_pads_tokens_and_maps_captions_to_videos(corpus):
     files, queries_path = corpus
-    dataset = VideoCaptionDataset(files, queries_path, "val", query_input="tokens")
+    dataset = VideoCaptionDataset(files, queries_path, "val", CLIPS, query_input="tokens")
     batch = next(iter(DataLoader(dataset, batch_size=3, collate_fn=collate_videos_with_captions)))
     assert batch["clips"].shape == (3, 32, 6)
     n_queries, max_tokens, dim = batch["queries"].shape
@@ -98,7 +100,7 @@ def test_subtitles_are_concatenated_and_binned_like_the_video(corpus, tmp_path):
     subtitle_path = tmp_path / "subtitles.h5"
     write_subtitles(subtitle_path, files.video)
     with_subtitles = FeatureFiles(files.video, files.query, subtitle_path)
-    dataset = VideoCaptionDataset(with_subtitles, queries_path, "train", use_subtitles=True)
+    dataset = VideoCaptionDataset(with_subtitles, queries_path, "train", CLIPS, use_subtitles=True)
     item = dataset[0]
     assert dataset.video_dim == 8 and item["clips"].shape == (32, 8)
     assert torch.all(item["clips"][:, 6:] == 1)
@@ -113,7 +115,7 @@ def test_missing_caption_feature_names_the_caption_and_file(corpus, tmp_path):
              "ts": None, "split": "train"}
     broken.write_text(queries_path.read_text() + json.dumps(extra) + "\n")
     with pytest.raises(FeatureFileError, match=r"queries.h5: caption 'train_video000000#enc#9' missing from group 'pooled'"):
-        VideoCaptionDataset(files, broken, "train")
+        VideoCaptionDataset(files, broken, "train", CLIPS)
 
 
 def test_videos_without_features_are_skipped(corpus, tmp_path):
@@ -121,7 +123,7 @@ def test_videos_without_features_are_skipped(corpus, tmp_path):
     manifest = tmp_path / "queries.jsonl"
     ghost = {"cap_id": "ghost#enc#0", "video_id": "ghost", "text": "x", "ts": None, "split": "train"}
     manifest.write_text(queries_path.read_text() + json.dumps(ghost) + "\n")
-    dataset = VideoCaptionDataset(files, manifest, "train")
+    dataset = VideoCaptionDataset(files, manifest, "train", CLIPS)
     assert "ghost" not in dataset.video_ids and len(dataset) == 5
 
 
@@ -134,8 +136,27 @@ def test_bad_manifest_line_is_reported_with_its_line_number(tmp_path):
 
 def test_clip_statistics_match_a_direct_computation(corpus):
     files, queries_path = corpus
-    dataset = VideoCaptionDataset(files, queries_path, "train")
+    dataset = VideoCaptionDataset(files, queries_path, "train", CLIPS)
     mean, std = clip_statistics(dataset)
     clips = torch.cat([dataset[index]["clips"] for index in range(len(dataset))])  # (n*N, Dv)
     torch.testing.assert_close(mean, clips.mean(dim=0), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(std, clips.std(dim=0, unbiased=False), atol=1e-5, rtol=1e-4)
+
+
+def test_frames_are_the_rows_mean_sampled_to_max_frames_and_padded_with_a_mask(corpus):
+    """MS-SL's and GMMFormer's frame view: rows as they are up to max_frames, mean-binned above."""
+    files, queries_path = corpus
+    dataset = VideoCaptionDataset(files, queries_path, "train", VideoInputs(("clips", "frames"), 4, max_frames=24))
+    videos = FeatureFile(files.video).group()
+    items = [dataset[index] for index in range(len(dataset))]
+    lengths = [videos.read(video_id).shape[0] for video_id in dataset.video_ids]
+    assert min(lengths) < 24 < max(lengths), "the corpus must have videos on both sides of max_frames"
+    for item, length in zip(items, lengths):
+        rows = videos.read(item["video_id"])
+        expected = rows if length <= 24 else bin_clips(rows, 24)
+        np.testing.assert_array_equal(item["frames"].numpy(), expected)
+        np.testing.assert_array_equal(item["clips"].numpy(), bin_clips(rows, 4))
+    batch = collate_videos_with_captions(items)
+    assert batch["frames"].shape == (len(items), 24, 6)
+    assert batch["frame_mask"].sum(dim=1).tolist() == [min(length, 24) for length in lengths]
+    assert torch.all(batch["frames"][~batch["frame_mask"]] == 0)

@@ -15,7 +15,7 @@ import torch
 
 import tasks
 from amdnet import FeatureFiles
-from amdnet.data import VideoCaptionDataset
+from amdnet.data import VideoCaptionDataset, VideoInputs
 from pipeline.bundle import BundleLayout
 from pipeline.config import ConfigError, load_config
 from pipeline.datasets import AnnotationError, read_dataset, read_jsonl, resolve_data_root
@@ -135,7 +135,8 @@ def test_hostile_video_ids_are_refused_recorded_and_stored_as_data(make_config, 
 
     # The training data reader finds every video and caption by its id.
     files = FeatureFiles(video=part.features, query=queries.features, subtitle=subtitles.features)
-    data = VideoCaptionDataset(files, dataset.out_dir / "queries.jsonl", "train", use_subtitles=True, map_size=4)
+    data = VideoCaptionDataset(files, dataset.out_dir / "queries.jsonl", "train", VideoInputs(("clips",), 4),
+                               use_subtitles=True)
     assert data.video_ids == SAFE_IDS
     items = [data[index] for index in range(len(data))]
     assert all(item["clips"].shape[0] == 4 and torch.isfinite(item["clips"]).all() for item in items)
