@@ -18,8 +18,20 @@ DEFAULT_MODEL = "amdnet"
 AMDNET_LOSS_FIELDS = ("lambda_nce", "lambda_div", "lambda_rel", "rel_margin", "div_target")
 
 
+class _TwoViewChecks:
+    """The checks MS-SL's and GMMFormer's options share (both read a clip view and a frame view, with
+    multi-head attention): field ranges, heads dividing the hidden size, clips within the position table."""
+
+    def __post_init__(self):
+        _check_ranges(self)
+        if self.hidden_size % self.n_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by n_heads ({self.n_heads})")
+        if self.map_size > self.max_frames:
+            raise ValueError(f"map_size ({self.map_size}) exceeds max_frames ({self.max_frames}), the clip position table")
+
+
 @dataclass
-class MSSLConfig:
+class MSSLConfig(_TwoViewChecks):
     hidden_size: int = ranged(384, minimum=1)
     n_heads: int = ranged(4, minimum=1)
     map_size: int = ranged(32, minimum=1)  # clips per video
@@ -35,17 +47,10 @@ class MSSLConfig:
     clip_scale_weight: float = ranged(0.7, minimum=0)
     frame_scale_weight: float = ranged(0.3, minimum=0)
 
-    def __post_init__(self):
-        _check_ranges(self)
-        if self.hidden_size % self.n_heads:
-            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by n_heads ({self.n_heads})")
-        if self.map_size > self.max_frames:
-            raise ValueError(f"map_size ({self.map_size}) exceeds max_frames ({self.max_frames}), the clip position table")
-
 
 
 @dataclass
-class GMMFormerConfig:
+class GMMFormerConfig(_TwoViewChecks):
     hidden_size: int = ranged(384, minimum=1)
     n_heads: int = ranged(4, minimum=1)
     map_size: int = ranged(32, minimum=1)
@@ -64,13 +69,6 @@ class GMMFormerConfig:
     clip_scale_weight: float = ranged(0.7, minimum=0)
     frame_scale_weight: float = ranged(0.3, minimum=0)
 
-    def __post_init__(self):
-        _check_ranges(self)
-        if self.hidden_size % self.n_heads:
-            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by n_heads ({self.n_heads})")
-        if self.map_size > self.max_frames:
-            raise ValueError(f"map_size ({self.map_size}) exceeds max_frames ({self.max_frames}), the clip position table")
-
 
 
 @dataclass
@@ -80,7 +78,6 @@ class ClipZeroShotConfig:
 
     def __post_init__(self):
         _check_ranges(self)
-
 
 
 @dataclass(frozen=True)
