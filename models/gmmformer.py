@@ -23,7 +23,7 @@ from models.configs import GMMFormerConfig
 from models.inputs import l2_normalize, query_tokens, video_frames
 from models.layers import AttentionPooling, PositionalEncoding, TokenQueryEncoder
 from models.losses import hard_negatives_on, triplet_loss
-from models.registry import RetrievalModel, Rows, register_model
+from models.registry import RetrievalModel, Rows, register_model, token_model_reference
 
 # Widths (fractions of the sequence) of a block's sub-layers; None: plain attention.
 GAUSSIAN_WIDTHS = (None, 0.5, 1.0, 5.0)
@@ -79,16 +79,10 @@ def query_diversity_loss(queries: torch.Tensor, caption_to_video: torch.Tensor, 
 def _reference(lr: float, dropout: float, margin: float, hard_start: int, loss_weights: tuple[float, float, float],
                diversity_margin: float, video: str, video_dim: int, query_dim: int) -> dict:
     clip_nce, frame_nce, diversity = loss_weights
-    return {
-        "model": {"input_dropout": dropout, "dropout": dropout, "margin": margin,
-                  "hard_negative_start_epoch": hard_start, "clip_nce_weight": clip_nce,
-                  "frame_nce_weight": frame_nce, "diversity_weight": diversity,
-                  "diversity_margin": diversity_margin},
-        "train": {"lr": lr, "batch_size": 128, "max_epochs": 100, "patience": 10, "seed": 9527,
-                  "weight_decay": 0.01, "warmup_proportion": 0.01, "max_grad_norm": 1.0, "query_input": "tokens"},
-        "inputs": {"video": video, "video_dim": video_dim, "query_dim": query_dim,
-                   "query": f"RoBERTa token features ({query_dim}-d), at most 30 tokens"},
-    }
+    options = {"input_dropout": dropout, "dropout": dropout, "margin": margin, "hard_negative_start_epoch": hard_start,
+               "clip_nce_weight": clip_nce, "frame_nce_weight": frame_nce, "diversity_weight": diversity,
+               "diversity_margin": diversity_margin}
+    return token_model_reference(options, lr, 9527, video, video_dim, query_dim)
 
 
 @register_model("gmmformer")

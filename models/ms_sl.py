@@ -23,7 +23,7 @@ from models.configs import MSSLConfig
 from models.inputs import l2_normalize, query_tokens, video_frames
 from models.layers import PositionalEncoding, TokenQueryEncoder
 from models.losses import hard_negatives_on, sampled_negative_scores, triplet_loss
-from models.registry import RetrievalModel, Rows, register_model, score_in_chunks
+from models.registry import RetrievalModel, Rows, register_model, score_in_chunks, token_model_reference
 
 
 def proposal_windows(n_clips: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,13 +68,8 @@ def paired_triplet_loss(scores: torch.Tensor, margin: float, hard_pool_size: int
 
 def _reference(margin: float, clip_weight: float, frame_weight: float, video: str, video_dim: int,
                query_dim: int) -> dict:
-    return {
-        "model": {"margin": margin, "clip_scale_weight": clip_weight, "frame_scale_weight": frame_weight},
-        "train": {"lr": 2.5e-4, "batch_size": 128, "max_epochs": 100, "patience": 10, "seed": 2018,
-                  "weight_decay": 0.01, "warmup_proportion": 0.01, "max_grad_norm": 1.0, "query_input": "tokens"},
-        "inputs": {"video": video, "video_dim": video_dim, "query_dim": query_dim,
-                   "query": f"RoBERTa token features ({query_dim}-d), at most 30 tokens"},
-    }
+    return token_model_reference({"margin": margin, "clip_scale_weight": clip_weight, "frame_scale_weight": frame_weight},
+                                 2.5e-4, 2018, video, video_dim, query_dim)
 
 
 @register_model("ms-sl")

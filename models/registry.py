@@ -191,5 +191,17 @@ def score_in_chunks(score: Callable[[torch.Tensor, Rows], torch.Tensor], queries
                       for start in range(0, n_videos, step)], dim=1)
 
 
+def token_model_reference(options: dict, lr: float, seed: int, video: str, video_dim: int, query_dim: int) -> dict:
+    """A reference_hparams row of a model trained as MS-SL's and GMMFormer's references train (100 epochs
+    of 128 videos, patience 10, BertAdam with 1% warm-up) on RoBERTa token queries."""
+    return {
+        "model": options,
+        "train": {"lr": lr, "batch_size": 128, "max_epochs": 100, "patience": 10, "seed": seed,
+                  "weight_decay": 0.01, "warmup_proportion": 0.01, "max_grad_norm": 1.0, "query_input": "tokens"},
+        "inputs": {"video": video, "video_dim": video_dim, "query_dim": query_dim,
+                   "query": f"RoBERTa token features ({query_dim}-d), at most 30 tokens"},
+    }
+
+
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
