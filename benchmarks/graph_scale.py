@@ -39,7 +39,9 @@ the stage manifests, ``<workdir>/<name>/<stage>/<fingerprint>/manifest.json``. C
            Evaluate the feature bytes they read; MB/s over build seconds
   baseline measured in this same run, and ratio = build s / baseline s:
            writers (ImportBundle, QueryFeatures, SubtitleFeatures, VisualPart assembly, ExportBundle):
-             the same bytes written as one contiguous float32 HDF5 dataset (``contiguous_write_seconds``)
+             the same bytes written as one contiguous float32 HDF5 dataset (``contiguous_write_seconds``);
+             the note "writers alone" is the time the stage spent inside the writer classes' methods
+             (``timed_writers``: reading inputs and model compute left out) against the same baseline
            extraction shards: decoding + the model alone, one video after another in this process
              (each distinct clip timed, times the videos linking it); "ms/video over" is the overhead
            Train: epochs x (forward + backward of every step on batches already in memory + the
@@ -55,6 +57,8 @@ load inflates absolute times, the ratios much less.
 from __future__ import annotations
 
 import argparse
+import functools
+import inspect
 import json
 import math
 import os
@@ -65,8 +69,10 @@ import subprocess
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import h5py
 import numpy as np
@@ -272,6 +278,7 @@ class Run:
     peak_rss_mb: float
     ok: bool
     log: Path
+    writer_seconds: float | None = None  # inside the feature writers' methods (``timed_writers``)
 
 
 # A process's ru_maxrss starts at its parent's RSS when it was forked, so commands are started by this
@@ -299,7 +306,8 @@ def run_process(command: list[str], log: Path) -> Run:
 
 
 def child(spec: str) -> None:
-    """``--child``: builds one task (or its shard tasks) with the local scheduler, in this process."""
+    """``--child``: builds one task (or its shard tasks) with the local scheduler, in this process, and
+    writes the seconds its feature writers took to ``spec["writer_seconds"]``."""
     import luigi
 
     import tasks
@@ -307,7 +315,51 @@ def child(spec: str) -> None:
     spec = json.loads(spec)
     task = getattr(tasks, spec["task"])(dataset=spec["dataset"], set=spec["set"], **spec.get("params", {}))
     todo = task.requires()["shards"] if spec.get("shards") else [task]
-    raise SystemExit(0 if luigi.build(todo, local_scheduler=True, workers=1, log_level="WARNING") else 1)
+    with timed_writers() as writer_seconds:
+        ok = luigi.build(todo, local_scheduler=True, workers=1, log_level="WARNING")
+    Path(spec["writer_seconds"]).write_text(json.dumps(writer_seconds))
+    raise SystemExit(0 if ok else 1)
+
+
+def _writer_classes() -> list[type]:
+    """Every class that writes feature bytes: ours (ragged files), the bundle's (one dataset per key, BigFile)."""
+    from pipeline.bundle import BigFileWriter, KeyedH5Writer
+    from storage.features import FeatureWriter
+
+    return [FeatureWriter, KeyedH5Writer, BigFileWriter]
+
+
+@contextmanager
+def timed_writers() -> Iterator[dict[str, float]]:
+    """Times the public methods of the writer classes (nested calls counted once) while the block runs:
+    what a stage spends writing, beside its reading and model compute. -> class name -> seconds."""
+    seconds: dict[str, float] = {}
+    depth = [0]
+    originals = []
+
+    def timed(cls, function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            depth[0] += 1
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+                if depth[0] == 0:
+                    seconds[cls.__name__] = seconds.get(cls.__name__, 0.0) + time.perf_counter() - started
+        return wrapper
+
+    for cls in _writer_classes():
+        for name, function in list(vars(cls).items()):
+            if inspect.isfunction(function) and (not name.startswith("_") or name in ("__enter__", "__exit__")):
+                originals.append((cls, name, function))
+                setattr(cls, name, timed(cls, function))
+    try:
+        yield seconds
+    finally:
+        for cls, name, function in originals:
+            setattr(cls, name, function)
 
 
 def stage_folder(workdir: Path, name: str, stage: str) -> Path | None:
@@ -601,10 +653,14 @@ class Benchmark:
         return json.loads((folder / "manifest.json").read_text()) if folder else {}
 
     def run_stage(self, spec: StageSpec) -> Run:
+        writer_seconds = self.logs / f"{spec.key}.writers.json"
+        writer_seconds.unlink(missing_ok=True)
         payload = json.dumps({"task": spec.task, "dataset": str(self.config_path), "set": self.overrides,
-                              "params": spec.params, "shards": spec.shards})
+                              "params": spec.params, "shards": spec.shards, "writer_seconds": str(writer_seconds)})
         run = run_process([sys.executable, str(Path(__file__).resolve()), "--child", payload],
                           self.logs / f"{spec.key}.log")
+        if writer_seconds.is_file():
+            run.writer_seconds = sum(json.loads(writer_seconds.read_text()).values())
         status = "ok" if run.ok else f"FAILED (log: {run.log})"
         print(f"  {spec.key:<10} {run.wall:8.1f} s  peak RSS {run.peak_rss_mb:,.0f} MB  {status}", flush=True)
         if not run.ok:
@@ -652,7 +708,7 @@ class Benchmark:
         captions = shape.n_captions
         if spec.key in ("import", "export"):
             row.items, row.n_items = f"{shape.n_videos:,} videos + {captions:,} captions", shape.n_videos + captions
-            self.writer_baseline(row, _h5_bytes(folder))
+            self.writer_baseline(row, _h5_bytes(folder), run)
         elif spec.key == "dataset":
             row.items, row.n_items = f"{shape.n_videos:,} videos", shape.n_videos
             row.mb = _folder_bytes(folder) / 1e6
@@ -669,10 +725,10 @@ class Benchmark:
                 row.note = f"{(run.wall - row.baseline_s) / shape.n_videos * 1000:.1f} ms/video over"
         elif spec.key in ("assemble", "visual", "subtitles"):
             row.items, row.n_items = f"{shape.n_videos:,} videos", shape.n_videos
-            self.writer_baseline(row, _h5_bytes(folder))
+            self.writer_baseline(row, _h5_bytes(folder), run)
         elif spec.key == "queries":
             row.items, row.n_items = f"{captions:,} queries", captions
-            self.writer_baseline(row, _h5_bytes(folder))
+            self.writer_baseline(row, _h5_bytes(folder), run)
         elif spec.key == "train":
             epochs = len(self.train_log())
             train_videos = shape.videos["train"]
@@ -693,10 +749,12 @@ class Benchmark:
             row.mb = _folder_bytes(folder) / 1e6
         return row
 
-    def writer_baseline(self, row: Row, n_bytes: int) -> None:
+    def writer_baseline(self, row: Row, n_bytes: int, run: Run) -> None:
         row.mb = n_bytes / 1e6
         row.baseline = "one contiguous HDF5 write"
         row.baseline_s = self.measured("contiguous write", contiguous_write_seconds, self.scratch, n_bytes)
+        if run.writer_seconds is not None and row.baseline_s:
+            row.note = f"writers alone {run.writer_seconds:.1f} s = {run.writer_seconds / row.baseline_s:.2f}x"
 
     def dims(self) -> tuple[int, int]:
         if self.form == "bundle":
