@@ -35,6 +35,8 @@ the stage manifests, ``<workdir>/<name>/<stage>/<fingerprint>/manifest.json``. C
   items    what the stage handles (videos, captions, queries x videos, epochs x videos)
   build s  the manifest's ``seconds`` (the stage's build alone); wall s: the whole process, start-up
            (imports, building the graph, fingerprints) included
+  over imports MB  peak RSS less that of a process importing the same modules (``--imports``): the
+           stage's own data, to compare with the largest array it must hold
   MB       bytes the stage wrote (its folder; for extraction, the cache entries), or for Train and
            Evaluate the feature bytes they read; MB/s over build seconds
   baseline measured in this same run, and ratio = build s / baseline s:
@@ -279,6 +281,7 @@ class Run:
     ok: bool
     log: Path
     writer_seconds: float | None = None  # inside the feature writers' methods (``timed_writers``)
+    imports_rss_mb: float | None = None  # a process importing the same modules and doing nothing
 
 
 # A process's ru_maxrss starts at its parent's RSS when it was forked, so commands are started by this
@@ -318,7 +321,20 @@ def child(spec: str) -> None:
     with timed_writers() as writer_seconds:
         ok = luigi.build(todo, local_scheduler=True, workers=1, log_level="WARNING")
     Path(spec["writer_seconds"]).write_text(json.dumps(writer_seconds))
+    Path(spec["modules"]).write_text("\n".join(sorted(name for name in sys.modules if name != "__main__")))
     raise SystemExit(0 if ok else 1)
+
+
+def import_modules(listing: str) -> None:
+    """``--imports FILE``: imports the modules a stage's process had loaded, and nothing else:
+    the peak RSS of the code and libraries alone, which a stage's own data comes on top of."""
+    import importlib
+
+    for name in Path(listing).read_text().split():
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - a module that only imports inside its package's context
+            pass
 
 
 def _writer_classes() -> list[type]:
@@ -556,6 +572,7 @@ class Row:
     wall: float | None = None
     mb: float | None = None
     rss_mb: float | None = None
+    imports_rss_mb: float | None = None
     baseline: str = ""
     baseline_s: float | None = None
     note: str = ""
@@ -566,16 +583,17 @@ class Row:
         rate = f"{self.n_items / seconds:,.0f}" if seconds and self.n_items else ""
         mb_rate = f"{self.mb / seconds:,.1f}" if seconds and self.mb else ""
         ratio = f"{seconds / self.baseline_s:.2f}" if seconds and self.baseline_s else ""
+        over_imports = None if self.rss_mb is None or self.imports_rss_mb is None else self.rss_mb - self.imports_rss_mb
         return [self.stage, self.items, _num(self.build), _num(self.wall), rate, _num(self.mb, 0), mb_rate,
-                _num(self.rss_mb, 0), self.baseline, _num(self.baseline_s), ratio, self.note]
+                _num(self.rss_mb, 0), _num(over_imports, 0), self.baseline, _num(self.baseline_s), ratio, self.note]
 
 
 def _num(value: float | None, digits: int = 1) -> str:
     return "" if value is None else f"{value:,.{digits}f}"
 
 
-HEADER = ["stage", "items", "build s", "wall s", "items/s", "MB", "MB/s", "peak RSS MB", "baseline",
-          "baseline s", "ratio", "note"]
+HEADER = ["stage", "items", "build s", "wall s", "items/s", "MB", "MB/s", "peak RSS MB", "over imports MB",
+          "baseline", "baseline s", "ratio", "note"]
 
 
 def print_table(rows: list[Row], title: str) -> None:
@@ -653,14 +671,19 @@ class Benchmark:
         return json.loads((folder / "manifest.json").read_text()) if folder else {}
 
     def run_stage(self, spec: StageSpec) -> Run:
-        writer_seconds = self.logs / f"{spec.key}.writers.json"
-        writer_seconds.unlink(missing_ok=True)
+        writer_seconds, modules = self.logs / f"{spec.key}.writers.json", self.logs / f"{spec.key}.modules.txt"
+        for path in (writer_seconds, modules):
+            path.unlink(missing_ok=True)
         payload = json.dumps({"task": spec.task, "dataset": str(self.config_path), "set": self.overrides,
-                              "params": spec.params, "shards": spec.shards, "writer_seconds": str(writer_seconds)})
+                              "params": spec.params, "shards": spec.shards, "writer_seconds": str(writer_seconds),
+                              "modules": str(modules)})
         run = run_process([sys.executable, str(Path(__file__).resolve()), "--child", payload],
                           self.logs / f"{spec.key}.log")
         if writer_seconds.is_file():
             run.writer_seconds = sum(json.loads(writer_seconds.read_text()).values())
+        if modules.is_file():
+            run.imports_rss_mb = run_process([sys.executable, str(Path(__file__).resolve()), "--imports",
+                                              str(modules)], self.logs / f"{spec.key}.imports.log").peak_rss_mb
         status = "ok" if run.ok else f"FAILED (log: {run.log})"
         print(f"  {spec.key:<10} {run.wall:8.1f} s  peak RSS {run.peak_rss_mb:,.0f} MB  {status}", flush=True)
         if not run.ok:
@@ -685,7 +708,7 @@ class Benchmark:
                 continue
             run = self.run_stage(spec)
             row = self.describe(spec, run)
-            row.wall, row.rss_mb = run.wall, run.peak_rss_mb
+            row.wall, row.rss_mb, row.imports_rss_mb = run.wall, run.peak_rss_mb, run.imports_rss_mb
             if not run.ok:
                 row.note = f"FAILED, see {run.log}"
                 self.rows.append(row)
@@ -868,6 +891,7 @@ def parse_args(argv=None):
                         help="generated collections, configs, work folders and logs")
     parser.add_argument("--keep-work", action="store_true", help="keep the work folder (complete stages are reused)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--imports", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if (args.videos is None) != (args.queries is None):
         parser.error("--videos and --queries go together")
@@ -891,6 +915,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.child:
         child(args.child)
+        return
+    if args.imports:
+        import_modules(args.imports)
         return
     shape = chosen_shape(args)
     started = time.perf_counter()
