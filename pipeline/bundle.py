@@ -16,13 +16,14 @@ queries.jsonl, videos.jsonl); export writes our features in the bundle layout.
 from __future__ import annotations
 
 import ast
+import ctypes
 import logging
 import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, NamedTuple, TypeVar
 
 import h5py
 import numpy as np
@@ -271,24 +272,61 @@ def _check_splits_filled(kept: list[dict], layout: BundleLayout) -> None:
                           f"features in {layout.video_source} and query features in {layout.query_file}")
 
 
+class _Hdf5Calls:
+    """The HDF5 C functions ``KeyedH5.locate`` calls for every dataset, called directly (ctypes) in the
+    very library h5py uses: looked up through h5py's own extension module, whose dependencies the
+    symbol lookup searches. h5py's wrappers (an object with a registry entry and a lock per handle)
+    cost as much again as the calls themselves, which is most of an import's time with 100k captions."""
+
+    HADDR_UNDEF = 2**64 - 1  # an address HDF5 has not allocated
+    H5P_DEFAULT = 0
+    MAX_RANK = 32
+
+    def __init__(self):
+        lib = ctypes.CDLL(h5py.h5d.__file__)
+        hid, herr = ctypes.c_int64, ctypes.c_int
+        signatures = {"H5Dopen2": (hid, [hid, ctypes.c_char_p, hid]), "H5Dclose": (herr, [hid]),
+                      "H5Dget_space": (hid, [hid]), "H5Dget_type": (hid, [hid]),
+                      "H5Dget_offset": (ctypes.c_uint64, [hid]), "H5Dget_storage_size": (ctypes.c_uint64, [hid]),
+                      "H5Sget_simple_extent_dims": (ctypes.c_int, [hid, ctypes.c_void_p, ctypes.c_void_p]),
+                      "H5Sclose": (herr, [hid]), "H5Tequal": (ctypes.c_int, [hid, hid]), "H5Tclose": (herr, [hid])}
+        for name, (restype, argtypes) in signatures.items():
+            function = getattr(lib, name)
+            function.restype, function.argtypes = restype, argtypes
+            setattr(self, name, function)
+
+
+_HDF5: _Hdf5Calls | None = None  # bound on first use
+
+
+def _hdf5_calls() -> _Hdf5Calls:
+    global _HDF5
+    if _HDF5 is None:
+        _HDF5 = _Hdf5Calls()
+    return _HDF5
+
+
 class KeyedH5:
     """A bundle HDF5 file of one dataset per key (a video's rows, a caption's vector), read by key.
 
     The bundle holds about 100k datasets of a few KB, so what a read costs is the per-dataset calls, not
-    the bytes. Each dataset is opened once through h5py's low-level API (``locate``); when its bytes lie
-    in one allocated block of the file (contiguous layout, hence no filters, no external storage; what
-    h5py writes by default) they are read with one ``os.pread`` at its offset, straight into the array
-    that gathers a batch of them (``read_rows``), else through HDF5's own read. Both give the same
-    array: the stored values in the stored dtype (``read``), or cast to float32 (``read_rows``).
+    the bytes. Each dataset is opened once (``locate``, with HDF5's C calls, see ``_Hdf5Calls``); when
+    its bytes lie in one allocated block of the file (contiguous layout, hence no filters, no external
+    storage; what h5py writes by default) they are read with one ``os.preadv`` at its offset, straight
+    into the array that gathers a batch of them (``read_rows``), else through HDF5's own read. Both
+    give the same array: the stored values in the stored dtype (``read``), or cast to float32
+    (``read_rows``).
     """
 
     def __init__(self, path: Path):
         self.path = path
         self._file = h5py.File(path, "r")
+        self._file_id = self._file.id.id  # the HDF5 handle, for ``_Hdf5Calls``
         self._fd = os.open(path, os.O_RDONLY)
         self.keys = set(self._file)  # listed once: a lookup per caption would cost an HDF5 call each
         self._user_block = self._file.userblock_size > 0
         self._dtypes: list[tuple[h5py.h5t.TypeID, np.dtype]] = []  # dtypes seen, by their HDF5 type
+        self._dims = (ctypes.c_uint64 * _Hdf5Calls.MAX_RANK)()
 
     def __enter__(self) -> "KeyedH5":
         return self
@@ -299,15 +337,30 @@ class KeyedH5:
 
     def locate(self, key: str) -> "StoredArray":
         """The shape, dtype and place of dataset ``key``, from one open."""
-        dataset = h5py.h5d.open(self._file.id, key.encode())
-        shape, dtype = dataset.shape, self._dtype(dataset.get_type())
+        calls = _hdf5_calls()
+        dataset = calls.H5Dopen2(self._file_id, key.encode(), calls.H5P_DEFAULT)
+        if dataset < 0:
+            raise BundleError(f"{self.path}: dataset {key!r} cannot be opened")
+        try:
+            space = calls.H5Dget_space(dataset)
+            rank = calls.H5Sget_simple_extent_dims(space, self._dims, None)
+            calls.H5Sclose(space)
+            hdf5_type = calls.H5Dget_type(dataset)
+            dtype = self._dtype(hdf5_type, key)
+            calls.H5Tclose(hdf5_type)
+            offset = calls.H5Dget_offset(dataset)  # undefined unless contiguous (not chunked, compact, external)
+            stored_bytes = calls.H5Dget_storage_size(dataset)
+        finally:
+            calls.H5Dclose(dataset)
+        if rank < 0:
+            raise BundleError(f"{self.path}: dataset {key!r} has no simple shape")
+        shape = tuple(self._dims[:rank])
         nbytes = math.prod(shape) * dtype.itemsize
-        offset = dataset.get_offset()  # None unless contiguous in this file (not chunked, compact or external)
-        # In a file with a user block an unallocated dataset's offset is not None (HDF5 adds the block's
+        # In a file with a user block an unallocated dataset's offset is defined (HDF5 adds the block's
         # size to its undefined address): there, the stored size must be the array's.
-        if offset is None or not nbytes or dtype.kind not in "fiu" or (
-                self._user_block and dataset.get_storage_size() != nbytes):
-            return StoredArray(key, shape, dtype, None, dataset)
+        if offset == calls.HADDR_UNDEF or not nbytes or dtype.kind not in "fiu" or (
+                self._user_block and stored_bytes != nbytes):
+            return StoredArray(key, shape, dtype, None, h5py.h5d.open(self._file.id, key.encode()))
         return StoredArray(key, shape, dtype, offset, None)
 
     def read(self, key: str) -> np.ndarray:
@@ -340,17 +393,17 @@ class KeyedH5:
         if target is not out:
             out[...] = target
 
-    def _dtype(self, hdf5_type: h5py.h5t.TypeID) -> np.dtype:
-        # Converting an HDF5 type to a numpy dtype costs more than comparing it with the few seen.
+    def _dtype(self, hdf5_type: int, key: str) -> np.dtype:
+        """The numpy dtype of an HDF5 type handle: converting one costs more than comparing it with the few seen."""
         for seen, dtype in self._dtypes:
-            if hdf5_type.equal(seen):
+            if _hdf5_calls().H5Tequal(hdf5_type, seen.id) > 0:
                 return dtype
-        self._dtypes.append((hdf5_type, hdf5_type.dtype))
-        return self._dtypes[-1][1]
+        seen = h5py.h5d.open(self._file.id, key.encode()).get_type()
+        self._dtypes.append((seen, seen.dtype))
+        return seen.dtype
 
 
-@dataclass(frozen=True)
-class StoredArray:
+class StoredArray(NamedTuple):
     """Where a dataset of a ``KeyedH5`` file is: its bytes at ``offset`` in the file, or (None) behind
     ``dataset``, read through HDF5."""
 
