@@ -469,13 +469,13 @@ class _VideoSource:
             for ids in _import_batches(video_ids, lambda video_id: len(self.video2frames[video_id]) * dim * 4):
                 parts = [self.rows.video(video_id, self.video2frames[video_id]) for video_id in ids]
                 for video_id, part in zip(ids, parts):
-                    _check_shape(part.shape, 2, dim, f"{source}: video {video_id!r}")
+                    _check_shape(part.shape, 2, dim, source, "video", video_id)
                 yield ids, np.concatenate(parts).astype(np.float32, copy=False), np.array([len(part) for part in parts])
             return
 
         def located(video_id: str) -> StoredArray:
             stored = self._file.locate(video_id)
-            _check_shape(stored.shape, 2, dim, f"{source}: video {video_id!r}")
+            _check_shape(stored.shape, 2, dim, source, "video", video_id)
             return stored
 
         for batch in _import_batches(map(located, video_ids), _float32_bytes):
@@ -514,7 +514,7 @@ def _write_queries(query_file: KeyedH5, layout: BundleLayout, queries: list[dict
         stored = query_file.locate(keys[cap_id])
         # Some releases store the CLIP vector as (1, D): its values are read as (D,).
         shape = (math.prod(stored.shape),) if ndim == 1 and stored.shape[:1] == (1,) else stored.shape
-        _check_shape(shape, ndim, dim, f"{source}: caption {keys[cap_id]!r}")
+        _check_shape(shape, ndim, dim, source, "caption", keys[cap_id])
         return cap_id, stored
 
     with FeatureWriter(path, {**attrs, "model": f"bundle:{layout.query}", "dim": dim, "layer": layer},
@@ -533,12 +533,13 @@ def _write_queries(query_file: KeyedH5, layout: BundleLayout, queries: list[dict
         writer.finish()
 
 
-def _check_shape(shape: tuple[int, ...], ndim: int, dim: int, where: str) -> None:
+def _check_shape(shape: tuple[int, ...], ndim: int, dim: int, source: Path, what: str, key: str) -> None:
+    # The message is formatted on failure only: this runs for every caption.
     if len(shape) != ndim or shape[0] == 0:
         expected = "(T, D)" if ndim == 2 else "(D,)"
-        raise BundleError(f"{where}: expected shape {expected}, got {shape}")
+        raise BundleError(f"{source}: {what} {key!r}: expected shape {expected}, got {shape}")
     if shape[-1] != dim:
-        raise BundleError(f"{where}: dimension {shape[-1]}, but the first entry has {dim}")
+        raise BundleError(f"{source}: {what} {key!r}: dimension {shape[-1]}, but the first entry has {dim}")
 
 
 # ---- export ------------------------------------------------------------------------------------------

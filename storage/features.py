@@ -17,7 +17,8 @@ row, read as (*row_shape,)), ``entry_columns``, ``row_columns``. File attributes
 
 Writing costs the bytes, not the entries: ``FeatureWriter`` keeps entries in memory and commits them in
 batches (one slice assignment per array, the data flushed before the committed count that makes it
-count). The file is built as ``<name>.partial`` and renamed by ``finish()``, so a file under its final
+count); ``write`` adds one entry, ``write_many`` a block of them already laid out as the file stores
+them (rows one after another), which it keeps as it is: no per-entry cost at all. The file is built as ``<name>.partial`` and renamed by ``finish()``, so a file under its final
 name is complete; a killed writer resumes from its last commit, anything written after it cut off, and
 ends with the same arrays as an uninterrupted run. ``FeatureFile`` opens a published file, reads each
 group's ids and offsets once, and then reads an entry with one slice, many with one sorted pass.
@@ -262,9 +263,7 @@ class FeatureWriter:
                              f"groups have {known[index]!r}: write entries in one order")
         new = entry_ids[len(known):]
         if len(set(new)) != len(new) or not self._done.isdisjoint(new):
-            seen: set[str] = set()
-            twice = next(entry_id for entry_id in new if entry_id in self._done or entry_id in seen or seen.add(entry_id))
-            raise ValueError(f"{self.partial}: entry {twice!r} written twice")
+            raise ValueError(f"{self.partial}: entry {_first_repeated(new, self._done)!r} written twice")
         self._pending_ids += new
         self._done.update(new)  # from here on "done" means written; committed is what survives a kill
         pending.add(block)
@@ -337,6 +336,15 @@ class FeatureWriter:
         self._broken = False
         self._committed += ids
         self._pending_ids = self._pending_ids[count:]
+
+
+def _first_repeated(entry_ids: list[str], earlier: set[str]) -> str | None:
+    seen: set[str] = set()
+    for entry_id in entry_ids:
+        if entry_id in earlier or entry_id in seen:
+            return entry_id
+        seen.add(entry_id)
+    return None
 
 
 def _group_path(name: str) -> str:

@@ -182,7 +182,8 @@ _WRITER = textwrap.dedent("""
         with FeatureWriter(path, {"stage": "test"}, groups=QUERY_GROUPS, batch_entries=7) as writer:
             todo = [number for number in numbers if not writer.done(f"q/{number}")]
             for start in range(0, len(todo), block):
-                ids, (tokens, pooled) = [f"q/{n}" for n in todo[start:start + block]], zip(*map(entry, todo[start:start + block]))
+                numbers = todo[start:start + block]
+                ids, (tokens, pooled) = [f"q/{number}" for number in numbers], zip(*map(entry, numbers))
                 if block == 1:
                     writer.write(ids[0], tokens[0], group="tokens", length=len(tokens[0]))
                     writer.write(ids[0], pooled[0], group="pooled")
