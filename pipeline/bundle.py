@@ -16,13 +16,14 @@ queries.jsonl, videos.jsonl); export writes our features in the bundle layout.
 from __future__ import annotations
 
 import ast
+import ctypes
 import logging
 import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple, TypeVar
 
 import h5py
 import numpy as np
@@ -34,6 +35,7 @@ from pipeline.text_files import text_lines
 from storage import QUERY_GROUPS, FeatureFile, FeatureWriter, RaggedGroup
 
 log = logging.getLogger("pipeline")
+T = TypeVar("T")
 
 CLIP_VIDEO = "clip"  # features.video value naming the CLIP video HDF5 rather than a BigFile folder
 EXPORTED_BIGFILE = "features"  # name of the BigFile folder export writes under FeatureData/
@@ -270,23 +272,61 @@ def _check_splits_filled(kept: list[dict], layout: BundleLayout) -> None:
                           f"features in {layout.video_source} and query features in {layout.query_file}")
 
 
+class _Hdf5Calls:
+    """The HDF5 C functions ``KeyedH5.locate`` calls for every dataset, called directly (ctypes) in the
+    very library h5py uses: looked up through h5py's own extension module, whose dependencies the
+    symbol lookup searches. h5py's wrappers (an object with a registry entry and a lock per handle)
+    cost as much again as the calls themselves, which is most of an import's time with 100k captions."""
+
+    HADDR_UNDEF = 2**64 - 1  # an address HDF5 has not allocated
+    H5P_DEFAULT = 0
+    MAX_RANK = 32
+
+    def __init__(self):
+        lib = ctypes.CDLL(h5py.h5d.__file__)
+        hid, herr = ctypes.c_int64, ctypes.c_int
+        signatures = {"H5Dopen2": (hid, [hid, ctypes.c_char_p, hid]), "H5Dclose": (herr, [hid]),
+                      "H5Dget_space": (hid, [hid]), "H5Dget_type": (hid, [hid]),
+                      "H5Dget_offset": (ctypes.c_uint64, [hid]), "H5Dget_storage_size": (ctypes.c_uint64, [hid]),
+                      "H5Sget_simple_extent_dims": (ctypes.c_int, [hid, ctypes.c_void_p, ctypes.c_void_p]),
+                      "H5Sclose": (herr, [hid]), "H5Tequal": (ctypes.c_int, [hid, hid]), "H5Tclose": (herr, [hid])}
+        for name, (restype, argtypes) in signatures.items():
+            function = getattr(lib, name)
+            function.restype, function.argtypes = restype, argtypes
+            setattr(self, name, function)
+
+
+_HDF5: _Hdf5Calls | None = None  # bound on first use
+
+
+def _hdf5_calls() -> _Hdf5Calls:
+    global _HDF5
+    if _HDF5 is None:
+        _HDF5 = _Hdf5Calls()
+    return _HDF5
+
+
 class KeyedH5:
     """A bundle HDF5 file of one dataset per key (a video's rows, a caption's vector), read by key.
 
     The bundle holds about 100k datasets of a few KB, so what a read costs is the per-dataset calls, not
-    the bytes. Each dataset is opened once through h5py's low-level API; when its bytes lie in one
-    allocated block of the file (contiguous layout, hence no filters, no external storage; what h5py
-    writes by default) they are read with one ``os.pread`` at its offset, else through HDF5's own read.
-    Both give the same array: the stored values in the stored dtype.
+    the bytes. Each dataset is opened once (``locate``, with HDF5's C calls, see ``_Hdf5Calls``); when
+    its bytes lie in one allocated block of the file (contiguous layout, hence no filters, no external
+    storage; what h5py writes by default) they are read with one ``os.preadv`` at its offset, straight
+    into the array that gathers a batch of them (``read_rows``), else through HDF5's own read. Both
+    give the same array: the stored values in the stored dtype (``read``), or cast to float32
+    (``read_rows``).
     """
 
     def __init__(self, path: Path):
         self.path = path
         self._file = h5py.File(path, "r")
+        self._file_id = self._file.id.id  # the HDF5 handle, for ``_Hdf5Calls``
         self._fd = os.open(path, os.O_RDONLY)
         self.keys = set(self._file)  # listed once: a lookup per caption would cost an HDF5 call each
         self._user_block = self._file.userblock_size > 0
         self._dtypes: list[tuple[h5py.h5t.TypeID, np.dtype]] = []  # dtypes seen, by their HDF5 type
+        self._dims = (ctypes.c_uint64 * _Hdf5Calls.MAX_RANK)()
 
     def __enter__(self) -> "KeyedH5":
         return self
@@ -295,38 +335,104 @@ class KeyedH5:
         os.close(self._fd)
         self._file.close()
 
-    def shape(self, key: str) -> tuple[int, ...]:
-        return h5py.h5d.open(self._file.id, key.encode()).shape
+    def locate(self, key: str) -> "StoredArray":
+        """The shape, dtype and place of dataset ``key``, from one open."""
+        calls = _hdf5_calls()
+        dataset = calls.H5Dopen2(self._file_id, key.encode(), calls.H5P_DEFAULT)
+        if dataset < 0:
+            raise BundleError(f"{self.path}: dataset {key!r} cannot be opened")
+        try:
+            space = calls.H5Dget_space(dataset)
+            rank = calls.H5Sget_simple_extent_dims(space, self._dims, None)
+            calls.H5Sclose(space)
+            hdf5_type = calls.H5Dget_type(dataset)
+            dtype = self._dtype(hdf5_type, key)
+            calls.H5Tclose(hdf5_type)
+            offset = calls.H5Dget_offset(dataset)  # undefined unless contiguous (not chunked, compact, external)
+            stored_bytes = calls.H5Dget_storage_size(dataset)
+        finally:
+            calls.H5Dclose(dataset)
+        if rank < 0:
+            raise BundleError(f"{self.path}: dataset {key!r} has no simple shape")
+        shape = tuple(self._dims[:rank])
+        nbytes = math.prod(shape) * dtype.itemsize
+        # In a file with a user block an unallocated dataset's offset is defined (HDF5 adds the block's
+        # size to its undefined address): there, the stored size must be the array's.
+        if offset == calls.HADDR_UNDEF or not nbytes or dtype.kind not in "fiu" or (
+                self._user_block and stored_bytes != nbytes):
+            return StoredArray(key, shape, dtype, None, h5py.h5d.open(self._file.id, key.encode()))
+        return StoredArray(key, shape, dtype, offset, None)
 
     def read(self, key: str) -> np.ndarray:
-        dataset = h5py.h5d.open(self._file.id, key.encode())
-        shape, dtype = dataset.shape, self._dtype(dataset.get_type())
-        nbytes = math.prod(shape) * dtype.itemsize
-        offset = dataset.get_offset()  # None unless contiguous in this file (not chunked, compact or external)
-        # In a file with a user block an unallocated dataset's offset is not None (HDF5 adds the block's
-        # size to its undefined address): there, the stored size must be the array's.
-        if offset is None or not nbytes or dtype.kind not in "fiu" or (
-                self._user_block and dataset.get_storage_size() != nbytes):
-            return _read_through_hdf5(dataset, shape, dtype)
-        raw = os.pread(self._fd, nbytes, offset)
-        if len(raw) != nbytes:
-            raise BundleError(f"{self.path}: dataset {key!r} ends past the end of the file (a truncated copy?)")
-        return np.frombuffer(raw, dtype).reshape(shape)
+        """Dataset ``key`` as stored (shape and dtype)."""
+        stored = self.locate(key)
+        array = np.empty(stored.shape, stored.dtype)
+        self._read_into(stored, array)
+        return array
 
-    def _dtype(self, hdf5_type: h5py.h5t.TypeID) -> np.dtype:
-        # Converting an HDF5 type to a numpy dtype costs more than comparing it with the few seen.
+    def read_rows(self, entries: list["StoredArray"], dim: int) -> np.ndarray:
+        """(R, dim) float32: the values of ``entries`` one after another (each a whole number of rows of
+        ``dim``), read straight into one array."""
+        sizes = [math.prod(stored.shape) for stored in entries]
+        rows = np.empty((sum(sizes) // dim, dim), np.float32)
+        flat, start = rows.reshape(-1), 0
+        for stored, size in zip(entries, sizes):
+            self._read_into(stored, flat[start:start + size])
+            start += size
+        return rows
+
+    def _read_into(self, stored: "StoredArray", out: np.ndarray) -> None:
+        """``stored``'s values into ``out`` (C-contiguous, as many values), cast to its dtype."""
+        if not out.size:
+            return
+        target = out if out.dtype == stored.dtype else np.empty(out.shape, stored.dtype)
+        if stored.offset is None:
+            stored.dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, target.reshape(stored.shape))
+        elif os.preadv(self._fd, [target.reshape(-1).view(np.uint8)], stored.offset) != target.nbytes:
+            raise BundleError(f"{self.path}: dataset {stored.key!r} ends past the end of the file (a truncated copy?)")
+        if target is not out:
+            out[...] = target
+
+    def _dtype(self, hdf5_type: int, key: str) -> np.dtype:
+        """The numpy dtype of an HDF5 type handle: converting one costs more than comparing it with the few seen."""
         for seen, dtype in self._dtypes:
-            if hdf5_type.equal(seen):
+            if _hdf5_calls().H5Tequal(hdf5_type, seen.id) > 0:
                 return dtype
-        self._dtypes.append((hdf5_type, hdf5_type.dtype))
-        return self._dtypes[-1][1]
+        seen = h5py.h5d.open(self._file.id, key.encode()).get_type()
+        self._dtypes.append((seen, seen.dtype))
+        return seen.dtype
 
 
-def _read_through_hdf5(dataset: h5py.h5d.DatasetID, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    array = np.empty(shape, dtype)
-    if array.size:
-        dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, array)
-    return array
+class StoredArray(NamedTuple):
+    """Where a dataset of a ``KeyedH5`` file is: its bytes at ``offset`` in the file, or (None) behind
+    ``dataset``, read through HDF5."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    offset: int | None
+    dataset: h5py.h5d.DatasetID | None
+
+
+# Import reads and writes this many bytes of features at a time: about the most of them it holds at once.
+_IMPORT_BATCH_BYTES = 32 << 20
+
+
+def _import_batches(items: Iterable[T], nbytes: Callable[[T], int]) -> Iterator[list[T]]:
+    """``items`` in runs of about ``_IMPORT_BATCH_BYTES`` by ``nbytes(item)``."""
+    batch, total = [], 0
+    for item in items:
+        batch.append(item)
+        total += nbytes(item)
+        if total >= _IMPORT_BATCH_BYTES:
+            yield batch
+            batch, total = [], 0
+    if batch:
+        yield batch
+
+
+def _float32_bytes(stored: "StoredArray") -> int:
+    return math.prod(stored.shape) * 4
 
 
 class _VideoSource:
@@ -349,34 +455,48 @@ class _VideoSource:
         if self._file is not None:
             self._file.__exit__(*exc)
 
-    def __getitem__(self, video_id: str) -> np.ndarray:
+    def shape(self, video_id: str) -> tuple[int, ...]:
+        """(T, D) of a video, without reading its rows."""
         if self._file is not None:
-            return self._file.read(video_id)
-        return self.rows.video(video_id, self.video2frames[video_id])
+            return self._file.locate(video_id).shape
+        return len(self.video2frames[video_id]), self.rows.matrix.shape[1]
 
-    def row_count(self, video_id: str) -> int:
-        """T of a video, without reading its rows."""
-        if self._file is not None:
-            return self._file.shape(video_id)[0]
-        return len(self.video2frames[video_id])
+    def batches(self, video_ids: list[str], dim: int) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+        """(ids, rows (R, D) float32, T per video) of ``video_ids`` in their order, about
+        ``_IMPORT_BATCH_BYTES`` at a time; each video's shape is checked: (T, D), T > 0, D = ``dim``."""
+        source = self.layout.video_source  # resolved once: it is only named in errors
+        if self._file is None:
+            for ids in _import_batches(video_ids, lambda video_id: len(self.video2frames[video_id]) * dim * 4):
+                parts = [self.rows.video(video_id, self.video2frames[video_id]) for video_id in ids]
+                for video_id, part in zip(ids, parts):
+                    _check_shape(part.shape, 2, dim, source, "video", video_id)
+                yield ids, np.concatenate(parts).astype(np.float32, copy=False), np.array([len(part) for part in parts])
+            return
+
+        def located(video_id: str) -> StoredArray:
+            stored = self._file.locate(video_id)
+            _check_shape(stored.shape, 2, dim, source, "video", video_id)
+            return stored
+
+        for batch in _import_batches(map(located, video_ids), _float32_bytes):
+            yield ([stored.key for stored in batch], self._file.read_rows(batch, dim),
+                   np.array([stored.shape[0] for stored in batch]))
 
 
 def _write_videos(videos: _VideoSource, video_ids: list[str], path: Path, rows_per_second: float,
                   attrs: dict) -> dict[str, int]:
     """A (T, D) entry per video with sample timestamps; returns T per video."""
-    dim = np.shape(videos[video_ids[0]])[-1]
-    source = videos.layout.video_source  # resolved once: it is only named in errors
+    dim = videos.shape(video_ids[0])[-1]
     rows: dict[str, int] = {}
     with FeatureWriter(path, {**attrs, "dim": dim}) as writer:
         for video_id in video_ids:
             if writer.done(video_id):  # written before an interruption
-                rows[video_id] = videos.row_count(video_id)
-                continue
-            features = np.asarray(videos[video_id], dtype=np.float32)  # (T, D)
-            _check_shape(features, 2, dim, f"{source}: video {video_id!r}")
-            timestamps = (np.arange(len(features)) + 0.5) / rows_per_second
-            writer.write(video_id, features, timestamps=timestamps, duration=len(features) / rows_per_second)
-            rows[video_id] = len(features)
+                rows[video_id] = videos.shape(video_id)[0]
+        for ids, features, lengths in videos.batches([v for v in video_ids if not writer.done(v)], dim):
+            row_in_video = np.arange(len(features)) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # (R,)
+            writer.write_many(ids, features, lengths, entry_columns={"duration": lengths / rows_per_second},
+                              row_columns={"timestamps": (row_in_video + 0.5) / rows_per_second})
+            rows.update(zip(ids, lengths.tolist()))
         writer.finish()
     return rows
 
@@ -387,28 +507,39 @@ def _write_queries(query_file: KeyedH5, layout: BundleLayout, queries: list[dict
     is its own pooled vector and a one-token sequence."""
     ndim = 2 if layout.query == "roberta" else 1
     layer = -2 if layout.query == "roberta" else -1
-    dim = query_file.shape(keys[queries[0]["cap_id"]])[-1]
+    dim = query_file.locate(keys[queries[0]["cap_id"]]).shape[-1]
     source = layout.query_file  # resolved once: it is only named in errors
+
+    def located(cap_id: str) -> tuple[str, StoredArray]:
+        stored = query_file.locate(keys[cap_id])
+        # Some releases store the CLIP vector as (1, D): its values are read as (D,).
+        shape = (math.prod(stored.shape),) if ndim == 1 and stored.shape[:1] == (1,) else stored.shape
+        _check_shape(shape, ndim, dim, source, "caption", keys[cap_id])
+        return cap_id, stored
+
     with FeatureWriter(path, {**attrs, "model": f"bundle:{layout.query}", "dim": dim, "layer": layer},
                        groups=QUERY_GROUPS) as writer:
-        for query in (query for query in queries if not writer.done(query["cap_id"])):
-            features = query_file.read(keys[query["cap_id"]]).astype(np.float32, copy=False)
-            if ndim == 1 and features.shape[:1] == (1,):
-                features = features.reshape(-1)  # some releases store the CLIP vector as (1, D)
-            _check_shape(features, ndim, dim, f"{source}: caption {keys[query['cap_id']]!r}")
-            writer.write(query["cap_id"], features if ndim == 2 else features[None], group="tokens")  # (L, D)
-            # (D,); the mean of one token, as ``mean`` computes it (0 + x, so -0.0 becomes 0.0) at a tenth of its cost.
-            pooled = features.mean(axis=0) if ndim == 2 else features + np.float32(0)
-            writer.write(query["cap_id"], pooled, group="pooled")
+        todo = [query["cap_id"] for query in queries if not writer.done(query["cap_id"])]
+        for batch in _import_batches(map(located, todo), lambda item: _float32_bytes(item[1])):
+            ids, stored = [cap_id for cap_id, _ in batch], [stored for _, stored in batch]
+            tokens = query_file.read_rows(stored, dim)  # (R, D), a caption's L rows after another's
+            lengths = np.array([stored.shape[0] if ndim == 2 else 1 for stored in stored])
+            writer.write_many(ids, tokens, lengths, group="tokens")
+            if ndim == 1:  # the mean of one token, as ``mean`` computes it (0 + x, so -0.0 becomes 0.0)
+                pooled = tokens + np.float32(0)
+            else:
+                pooled = np.stack([caption.mean(axis=0) for caption in np.split(tokens, np.cumsum(lengths)[:-1])])
+            writer.write_many(ids, pooled, group="pooled")  # (n, D)
         writer.finish()
 
 
-def _check_shape(features: np.ndarray, ndim: int, dim: int, where: str) -> None:
-    if features.ndim != ndim or features.shape[0] == 0:
+def _check_shape(shape: tuple[int, ...], ndim: int, dim: int, source: Path, what: str, key: str) -> None:
+    # The message is formatted on failure only: this runs for every caption.
+    if len(shape) != ndim or shape[0] == 0:
         expected = "(T, D)" if ndim == 2 else "(D,)"
-        raise BundleError(f"{where}: expected shape {expected}, got {features.shape}")
-    if features.shape[-1] != dim:
-        raise BundleError(f"{where}: dimension {features.shape[-1]}, but the first entry has {dim}")
+        raise BundleError(f"{source}: {what} {key!r}: expected shape {expected}, got {shape}")
+    if shape[-1] != dim:
+        raise BundleError(f"{source}: {what} {key!r}: dimension {shape[-1]}, but the first entry has {dim}")
 
 
 # ---- export ------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ row, read as (*row_shape,)), ``entry_columns``, ``row_columns``. File attributes
 
 Writing costs the bytes, not the entries: ``FeatureWriter`` keeps entries in memory and commits them in
 batches (one slice assignment per array, the data flushed before the committed count that makes it
-count). The file is built as ``<name>.partial`` and renamed by ``finish()``, so a file under its final
+count); ``write`` adds one entry, ``write_many`` a block of them already laid out as the file stores
+them (rows one after another), which it keeps as it is: no per-entry cost at all. The file is built as ``<name>.partial`` and renamed by ``finish()``, so a file under its final
 name is complete; a killed writer resumes from its last commit, anything written after it cut off, and
 ends with the same arrays as an uninterrupted run. ``FeatureFile`` opens a published file, reads each
 group's ids and offsets once, and then reads an entry with one slice, many with one sorted pass.
@@ -57,55 +58,127 @@ class FeatureFileBusy(RuntimeError):
 # ---- writing -----------------------------------------------------------------------------------------
 
 
+class _Block:
+    """Entries of one group given together: their rows one after another, rows per entry, their columns."""
+
+    def __init__(self, data: np.ndarray, lengths: np.ndarray, entry_columns: dict[str, np.ndarray],
+                 row_columns: dict[str, np.ndarray]):
+        self.data = data  # (R, *row_shape), R = lengths.sum()
+        self.lengths = lengths  # (n,) int64
+        self.entry_columns = entry_columns  # name -> (n,)
+        self.row_columns = row_columns  # name -> (R, ...)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes + sum(value.nbytes for value in self.row_columns.values())
+
+    def split(self, count: int) -> tuple["_Block", "_Block"]:
+        """The first ``count`` entries and the rest, as views."""
+        rows = int(self.lengths[:count].sum())
+        entry_parts = [{name: value[part] for name, value in self.entry_columns.items()}
+                       for part in (slice(None, count), slice(count, None))]
+        row_parts = [{name: value[part] for name, value in self.row_columns.items()}
+                     for part in (slice(None, rows), slice(rows, None))]
+        return (_Block(self.data[:rows], self.lengths[:count], entry_parts[0], row_parts[0]),
+                _Block(self.data[rows:], self.lengths[count:], entry_parts[1], row_parts[1]))
+
+
 class _PendingGroup:
-    """Entries of one group added since the last commit."""
+    """Entries of one group added since the last commit, in blocks as they came."""
 
     def __init__(self, name: str, kind: str):
         if kind not in (RAGGED, ROW):
             raise ValueError(f"group {name!r}: kind must be {RAGGED!r} or {ROW!r}, not {kind!r}")
         self.name, self.kind = name, kind
-        self.arrays: list[np.ndarray] = []
-        self.entry_columns: dict[str, list] = {}
-        self.row_columns: dict[str, list[np.ndarray]] = {}
+        self.blocks: list[_Block] = []
+        self.count = 0  # entries in the blocks
         self.nbytes = 0
 
-    def add(self, data: np.ndarray, columns: dict[str, Any], entry_id: str) -> None:
+    def entry(self, data: np.ndarray, columns: dict[str, Any], entry_id: str) -> _Block:
+        """One entry as a block: a scalar column is the entry's value, an array column one value per row."""
         data = np.asarray(data)
         if self.kind == RAGGED and data.ndim == 0:
             raise ValueError(f"group {self.name!r}, entry {entry_id!r}: a ragged entry needs a rows axis")
-        entry = {name: value for name, value in columns.items() if np.ndim(value) == 0}
+        entry = {name: np.asarray([value]) for name, value in columns.items() if np.ndim(value) == 0}
         rows = {name: np.asarray(value) for name, value in columns.items() if np.ndim(value) > 0}
-        if self.kind == ROW and rows:
-            raise ValueError(f"group {self.name!r}: one-row entries take per-entry values only, not {sorted(rows)}")
-        for name, value in rows.items():
-            if len(value) != len(data):
-                raise ValueError(f"group {self.name!r}, entry {entry_id!r}: column {name!r} has {len(value)} "
-                                 f"values for {len(data)} rows")
-        if self.arrays and (set(entry), set(rows)) != (set(self.entry_columns), set(self.row_columns)):
-            raise ValueError(f"group {self.name!r}, entry {entry_id!r}: columns {sorted(columns)} differ from "
-                             f"the earlier entries' {sorted([*self.entry_columns, *self.row_columns])}")
-        self.arrays.append(data)
-        for name, value in entry.items():
-            self.entry_columns.setdefault(name, []).append(value)
-        for name, value in rows.items():
-            self.row_columns.setdefault(name, []).append(value)
-        self.nbytes += data.nbytes + sum(value.nbytes for value in rows.values())
+        if self.kind == ROW:
+            return self.block(data[None], None, entry, rows, [entry_id])
+        return self.block(data, np.array([len(data)], np.int64), entry, rows, [entry_id])
+
+    def block(self, data: np.ndarray, lengths: Iterable[int] | None, entry_columns: dict[str, Any],
+              row_columns: dict[str, Any], entry_ids: list[str]) -> _Block:
+        """Entries given together, checked: ``lengths`` rows each (None: one each, as in a row group)."""
+        data = np.asarray(data)
+        lengths = np.ones(len(data), np.int64) if lengths is None else np.asarray(lengths, np.int64).reshape(-1)
+        if self.kind == ROW and row_columns:
+            raise ValueError(f"group {self.name!r}: one-row entries take per-entry values only, not "
+                             f"{sorted(row_columns)}")
+        where = f"group {self.name!r}, entries {entry_ids[0]!r}.." if len(entry_ids) > 1 else \
+            f"group {self.name!r}, entry {entry_ids[0]!r}" if entry_ids else f"group {self.name!r}"
+        if len(lengths) != len(entry_ids) or data.ndim == 0 or int(lengths.sum()) != len(data) or (
+                self.kind == ROW and np.any(lengths != 1)):
+            raise ValueError(f"{where}: {len(data)} rows for {len(entry_ids)} entries of lengths summing to "
+                             f"{int(lengths.sum())}")
+        entry_columns = {name: np.asarray(value) for name, value in entry_columns.items()}
+        row_columns = {name: np.asarray(value) for name, value in row_columns.items()}
+        for name, value in [*entry_columns.items(), *row_columns.items()]:
+            expected = len(entry_ids) if name in entry_columns else len(data)
+            if value.ndim == 0 or len(value) != expected:
+                raise ValueError(f"{where}: column {name!r} has {np.size(value)} values for {expected} "
+                                 f"{'entries' if name in entry_columns else 'rows'}")
+        earlier = self.column_names()
+        if self.blocks and (set(entry_columns), set(row_columns)) != earlier:
+            raise ValueError(f"{where}: columns {sorted([*entry_columns, *row_columns])} differ from the earlier "
+                             f"entries' {sorted(earlier[0] | earlier[1])}")
+        return _Block(data, lengths, entry_columns, row_columns)
+
+    def add(self, block: _Block) -> None:
+        self.blocks.append(block)
+        self.count += len(block)
+        self.nbytes += block.nbytes
 
     def take(self, count: int) -> "_PendingGroup":
         """The first ``count`` entries as a batch of their own; they leave this one."""
         batch = _PendingGroup(self.name, self.kind)
-        batch.arrays, self.arrays = self.arrays[:count], self.arrays[count:]
-        for source, target in ((self.entry_columns, batch.entry_columns), (self.row_columns, batch.row_columns)):
-            for name, values in list(source.items()):
-                target[name], source[name] = values[:count], values[count:]
-                if not source[name]:
-                    del source[name]  # the next entry may bring its own columns (and is checked against the file's)
-        self.nbytes = sum(array.nbytes for array in self.arrays) + sum(
-            value.nbytes for values in self.row_columns.values() for value in values)
+        while batch.count < count:
+            block = self.blocks.pop(0)
+            if len(block) > count - batch.count:
+                block, rest = block.split(count - batch.count)
+                self.blocks.insert(0, rest)
+            batch.add(block)
+        self.count -= count
+        self.nbytes = sum(block.nbytes for block in self.blocks)
         return batch
 
+    def column_names(self) -> tuple[set[str], set[str]]:
+        """(per-entry, per-row) column names of the entries (the blocks agree on them)."""
+        first = self.blocks[0] if self.blocks else _Block(np.zeros(0), np.zeros(0, np.int64), {}, {})
+        return set(first.entry_columns), set(first.row_columns)
+
+    @property
+    def entry_columns(self) -> dict[str, np.ndarray]:
+        return self._joined("entry_columns")
+
+    @property
+    def row_columns(self) -> dict[str, np.ndarray]:
+        return self._joined("row_columns")
+
+    def _joined(self, columns: str) -> dict[str, np.ndarray]:
+        names = getattr(self.blocks[0], columns) if self.blocks else {}
+        return {name: _joined([getattr(block, columns)[name] for block in self.blocks]) for name in names}
+
+    def lengths(self) -> np.ndarray:
+        return _joined([block.lengths for block in self.blocks])
+
     def rows(self) -> np.ndarray:
-        return np.stack(self.arrays) if self.kind == ROW else np.concatenate(self.arrays)
+        return _joined([block.data for block in self.blocks])
+
+
+def _joined(arrays: list[np.ndarray]) -> np.ndarray:
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 class FeatureWriter:
@@ -160,19 +233,40 @@ class FeatureWriter:
     def write(self, entry_id: str, data: np.ndarray, group: str = ROOT, **columns: Any) -> None:
         """Adds ``entry_id``'s ``data`` to ``group``: (rows, ...) for a ragged group, one row for a row
         group. A scalar column is one value for the entry; an array column has one value per row."""
+        pending = self._group(group)
+        self._add(pending, [entry_id], pending.entry(data, columns, entry_id))
+
+    def write_many(self, entry_ids: list[str], data: np.ndarray, lengths: Iterable[int] | None = None,
+                   group: str = ROOT, entry_columns: dict[str, Any] | None = None,
+                   row_columns: dict[str, Any] | None = None) -> None:
+        """Adds many entries at once, as ``write`` would one by one but without a per-entry cost: ``data``
+        holds their rows one after another, (R, ...) with ``lengths[i]`` rows for entry i (a row group:
+        (n, ...), one row each, ``lengths`` None); ``entry_columns`` (n,) and ``row_columns`` (R, ...)
+        arrays. The arrays are kept, not copied, until committed: do not change them afterwards."""
+        pending = self._group(group)
+        entry_ids = list(entry_ids)
+        self._add(pending, entry_ids, pending.block(data, lengths, entry_columns or {}, row_columns or {}, entry_ids))
+
+    def _group(self, group: str) -> _PendingGroup:
         if group not in self._pending:
             raise ValueError(f"{self.partial}: group {group!r} is not one of this file's {sorted(self.kinds)}")
-        pending = self._pending[group]
-        position = len(pending.arrays)
-        if position == len(self._pending_ids):
-            if entry_id in self._done:
-                raise ValueError(f"{self.partial}: entry {entry_id!r} written twice")
-            self._pending_ids.append(entry_id)
-            self._done.add(entry_id)  # from here on "done" means written; committed is what survives a kill
-        elif self._pending_ids[position] != entry_id:
-            raise ValueError(f"{self.partial}: group {group!r} got entry {entry_id!r} where the other groups "
-                             f"have {self._pending_ids[position]!r}: write entries in one order")
-        pending.add(data, columns, entry_id)
+        return self._pending[group]
+
+    def _add(self, pending: _PendingGroup, entry_ids: list[str], block: _Block) -> None:
+        """Adds a checked block of ``entry_ids`` to ``pending``: the ids the other groups have already
+        got must come in their order, the others are new; commits when a batch is full."""
+        position = pending.count
+        known = self._pending_ids[position:position + len(entry_ids)]
+        if entry_ids[:len(known)] != known:
+            index = next(i for i, (got, wanted) in enumerate(zip(entry_ids, known)) if got != wanted)
+            raise ValueError(f"{self.partial}: group {pending.name!r} got entry {entry_ids[index]!r} where the other "
+                             f"groups have {known[index]!r}: write entries in one order")
+        new = entry_ids[len(known):]
+        if len(set(new)) != len(new) or not self._done.isdisjoint(new):
+            raise ValueError(f"{self.partial}: entry {_first_repeated(new, self._done)!r} written twice")
+        self._pending_ids += new
+        self._done.update(new)  # from here on "done" means written; committed is what survives a kill
+        pending.add(block)
         if self._complete_entries() == len(self._pending_ids) and (
                 len(self._pending_ids) >= self.batch_entries
                 or sum(group.nbytes for group in self._pending.values()) >= self.batch_bytes):
@@ -180,7 +274,7 @@ class FeatureWriter:
 
     def finish(self) -> None:
         """Commits what is left and publishes the file under its final name."""
-        incomplete = [name for name, group in self._pending.items() if len(group.arrays) < len(self._pending_ids)]
+        incomplete = [name for name, group in self._pending.items() if group.count < len(self._pending_ids)]
         if incomplete:
             raise ValueError(f"{self.partial}: entry {self._pending_ids[-1]!r} has no data in group(s) {incomplete}")
         self._commit()
@@ -220,7 +314,7 @@ class FeatureWriter:
         return file
 
     def _complete_entries(self) -> int:
-        return min(len(group.arrays) for group in self._pending.values())
+        return min(group.count for group in self._pending.values())
 
     def _commit(self) -> None:
         """Writes the entries every group has, data first: the committed count is flushed after them."""
@@ -244,6 +338,15 @@ class FeatureWriter:
         self._pending_ids = self._pending_ids[count:]
 
 
+def _first_repeated(entry_ids: list[str], earlier: set[str]) -> str | None:
+    seen: set[str] = set()
+    for entry_id in entry_ids:
+        if entry_id in earlier or entry_id in seen:
+            return entry_id
+        seen.add(entry_id)
+    return None
+
+
 def _group_path(name: str) -> str:
     return f"{name}/" if name else ""
 
@@ -252,46 +355,47 @@ def _create_group(file: h5py.File, name: str, batch: _PendingGroup) -> None:
     """The group's datasets, shaped after the first batch's entries."""
     path = _group_path(name)
     group = file.require_group(name) if name else file
-    placeholder = np.zeros((), np.float32) if batch.kind == ROW else np.zeros(0, np.float32)  # of a group with no entries
-    sample = batch.arrays[0] if batch.arrays else placeholder
-    row_shape = sample.shape if batch.kind == ROW else sample.shape[1:]
+    sample = batch.blocks[0].data if batch.blocks else np.zeros(0, np.float32)  # a group with no entries: scalar rows
+    row_shape = sample.shape[1:]
     row_bytes = max(1, sample.dtype.itemsize * int(np.prod(row_shape)))
     file.create_dataset(path + "data", (0, *row_shape), dtype=sample.dtype, maxshape=(None, *row_shape),
                         chunks=(max(1, _DATA_CHUNK_BYTES // row_bytes), *row_shape))
     file.create_dataset(path + "offsets", data=np.zeros(1, np.int64), maxshape=(None,), chunks=(_INDEX_CHUNK,))
     file.create_dataset(path + "ids", (0,), dtype=_STRINGS, maxshape=(None,), chunks=(_INDEX_CHUNK,))
     for column, values in batch.entry_columns.items():
-        file.create_dataset(path + column, (0,), dtype=np.asarray(values).dtype, maxshape=(None,),
+        file.create_dataset(path + column, (0,), dtype=values.dtype, maxshape=(None,),
                             chunks=(_INDEX_CHUNK,))
     for column, values in batch.row_columns.items():
-        value_shape = values[0].shape[1:]
-        file.create_dataset(path + column, (0, *value_shape), dtype=values[0].dtype, maxshape=(None, *value_shape),
+        value_shape = values.shape[1:]
+        file.create_dataset(path + column, (0, *value_shape), dtype=values.dtype, maxshape=(None, *value_shape),
                             chunks=(_INDEX_CHUNK, *value_shape))
-    group.attrs.update(kind=batch.kind, entry_columns=json.dumps(sorted(batch.entry_columns)),
-                       row_columns=json.dumps(sorted(batch.row_columns)))
+    entry_columns, row_columns = batch.column_names()
+    group.attrs.update(kind=batch.kind, entry_columns=json.dumps(sorted(entry_columns)),
+                       row_columns=json.dumps(sorted(row_columns)))
 
 
 def _append(file: h5py.File, path: str, batch: _PendingGroup, ids: list[str], start: int) -> None:
     """One slice assignment per dataset of the group."""
     _check_columns(file, path, batch)
-    lengths = np.array([1 if batch.kind == ROW else len(array) for array in batch.arrays], np.int64)
+    lengths = batch.lengths()
     offsets = file[path + "offsets"]
     first_row = int(offsets[start])
     _extend(offsets, start + 1, first_row + np.cumsum(lengths))
     _extend(file[path + "data"], first_row, batch.rows())
     _extend(file[path + "ids"], start, np.array(ids, dtype=object))
     for column, values in batch.entry_columns.items():
-        _extend(file[path + column], start, np.asarray(values))
+        _extend(file[path + column], start, values)
     for column, values in batch.row_columns.items():
-        _extend(file[path + column], first_row, np.concatenate(values))
+        _extend(file[path + column], first_row, values)
 
 
 def _check_columns(file: h5py.File, path: str, batch: _PendingGroup) -> None:
     attrs = (file[path] if path else file).attrs
     stored = (set(json.loads(attrs["entry_columns"])), set(json.loads(attrs["row_columns"])))
-    if (set(batch.entry_columns), set(batch.row_columns)) != stored:
+    brought = batch.column_names()
+    if brought != stored:
         raise ValueError(f"{file.filename}: group {path.rstrip('/')!r} has columns {sorted(stored[0] | stored[1])}, "
-                         f"an entry brought {sorted([*batch.entry_columns, *batch.row_columns])}")
+                         f"an entry brought {sorted(brought[0] | brought[1])}")
 
 
 def _extend(dataset: h5py.Dataset, at: int, values: np.ndarray) -> None:

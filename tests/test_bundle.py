@@ -11,7 +11,7 @@ import pytest
 import tasks
 from pipeline.bundle import BundleError, BundleLayout, import_bundle
 from pipeline.datasets import AnnotationError, read_jsonl
-from storage import FeatureFile
+from storage import FeatureFile, FeatureWriter
 
 SPLIT_VIDEOS = {"train": [f"tv{i}" for i in range(6)], "val": ["va0", "va1"], "test": ["te0", "te1", "te2"]}
 VIDEO_DIM, QUERY_DIM = 12, 8
@@ -186,6 +186,56 @@ def test_keyed_reads_give_the_stored_arrays_whatever_the_layout(tmp_path):
             file.create_dataset("unallocated", shape=(3, 2), dtype=np.float32)
         with KeyedH5(path) as keyed, h5py.File(path, "r") as reference:
             assert h5py.h5d.open(reference.id, b"contiguous").get_offset() is not None  # the fast path is taken
-            for key in (*arrays, "unallocated"):
+            keys = (*arrays, "unallocated")
+            for key in keys:
                 read = keyed.read(key)
                 assert read.dtype == reference[key].dtype and read.tobytes() == reference[key][()].tobytes(), key
+            # Many at once, into one float32 array: the same values, cast as numpy casts them.
+            rows = keyed.read_rows([keyed.locate(key) for key in keys], 1)
+            expected = np.concatenate([reference[key][()].reshape(-1).astype(np.float32) for key in keys])
+            assert rows.shape == (len(expected), 1) and rows.reshape(-1).tobytes() == expected.tobytes()
+
+
+def _h5_contents(path: Path) -> dict:
+    with h5py.File(path, "r") as file:
+        found = {"attrs": dict(file.attrs)}
+        file.visititems(lambda name, node: found.update({name: node[()].tolist()}) if isinstance(node, h5py.Dataset)
+                        else None)
+    return found
+
+
+@pytest.mark.parametrize("video", ["clip", "i3d_resnet"])
+def test_an_interrupted_import_in_small_batches_resumes_to_the_files_of_one_run(tmp_path, monkeypatch, video):
+    """Import reads and writes in batches: batches of one entry, an import stopped by a bad video and
+    resumed once the bundle is mended, and one run in large batches give the same files."""
+    import pipeline.bundle as bundle
+
+    root = tmp_path / "mini"
+    videos = _author_bundle(root)
+    layout = BundleLayout(root, "mini", video, "roberta")
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    whole.mkdir()
+    resumed.mkdir()
+    import_bundle(layout, whole, 2.0, {"stage": "bundle"})
+
+    monkeypatch.setattr(bundle, "_IMPORT_BATCH_BYTES", 1)  # every entry a batch of its own
+    clip_file = root / "FeatureData" / "new_clip_vit_32_mini_vid_features.hdf5"
+    bigfile = root / "FeatureData" / "i3d_resnet" / "id.txt"
+    good_ids = bigfile.read_text()
+    with h5py.File(clip_file, "a") as clip:  # the ninth video in caption order turns bad
+        del clip["va1"]
+        clip["va1"] = np.zeros((4, VIDEO_DIM + 1), dtype=np.float32)
+    bigfile.write_text(good_ids.replace("va1_0", "gone"))
+    with pytest.raises(BundleError, match="'va1'"):
+        import_bundle(layout, resumed, 2.0, {"stage": "bundle"})
+    with FeatureWriter(resumed / "video_features.h5", {}) as partial:  # what the stopped import kept
+        assert partial.committed == 7
+    with h5py.File(clip_file, "a") as clip:
+        del clip["va1"]
+        clip["va1"] = videos["va1"]
+    bigfile.write_text(good_ids)
+    import_bundle(layout, resumed, 2.0, {"stage": "bundle"})
+    for name in ("video_features.h5", "query_features.h5"):
+        assert _h5_contents(resumed / name) == _h5_contents(whole / name), name
+    for name in ("queries.jsonl", "videos.jsonl"):
+        assert (resumed / name).read_text() == (whole / name).read_text(), name

@@ -119,6 +119,54 @@ def test_leaving_the_block_keeps_the_complete_entries_only(tmp_path):
             writer.write("q1", np.ones(3, np.float32), group="pooled")
 
 
+def _entries(count):
+    rng = np.random.default_rng(1)
+    return [(f"v{number}", rng.standard_normal((int(rng.integers(0, 4)), 3)).astype(np.float32))
+            for number in range(count)]
+
+
+def test_write_many_gives_the_file_that_writing_entry_by_entry_gives(tmp_path):
+    entries = _entries(23)
+    one, many = tmp_path / "one" / "videos.h5", tmp_path / "many" / "videos.h5"
+    one.parent.mkdir()
+    many.parent.mkdir()
+    with FeatureWriter(one, {"dim": 3}, batch_entries=5) as writer:
+        for entry_id, rows in entries:
+            writer.write(entry_id, rows, timestamps=np.arange(len(rows)) * 0.5, duration=len(rows) * 2.0)
+        writer.finish()
+    with FeatureWriter(many, {"dim": 3}, batch_entries=5) as writer:
+        for start, stop in ((0, 1), (1, 4), (4, 13), (13, 14), (14, 23)):  # blocks that straddle the commits
+            block = entries[start:stop]
+            lengths = [len(rows) for _, rows in block]
+            writer.write_many([entry_id for entry_id, _ in block], np.concatenate([rows for _, rows in block]),
+                              lengths, entry_columns={"duration": np.array(lengths) * 2.0},
+                              row_columns={"timestamps": np.concatenate([np.arange(n) * 0.5 for n in lengths])})
+        writer.finish()
+    (one_arrays, one_attrs), (many_arrays, many_attrs) = _arrays(one), _arrays(many)
+    assert one_attrs == many_attrs and sorted(one_arrays) == sorted(many_arrays)
+    for name, array in one_arrays.items():
+        assert many_arrays[name].dtype == array.dtype and many_arrays[name].tolist() == array.tolist(), name
+
+
+def test_write_many_checks_what_write_checks(tmp_path):
+    with FeatureWriter(tmp_path / "queries.h5", {}, groups=QUERY_GROUPS) as writer:
+        writer.write_many(["a", "b"], np.ones((3, 2), np.float32), [1, 2], group="tokens")
+        with pytest.raises(ValueError, match="3 rows for 2 entries of lengths summing to 4"):
+            writer.write_many(["c", "d"], np.ones((3, 2), np.float32), [2, 2], group="tokens")
+        with pytest.raises(ValueError, match="written twice"):
+            writer.write_many(["c", "a"], np.ones((2, 2), np.float32), [1, 1], group="tokens")
+        with pytest.raises(ValueError, match="got entry 'b' where the other groups have 'a'"):
+            writer.write_many(["b", "a"], np.ones((2, 2), np.float32), group="pooled")
+        with pytest.raises(ValueError, match="column 'n' has 1 values for 2 entries"):
+            writer.write_many(["a", "b"], np.ones((2, 2), np.float32), group="pooled", entry_columns={"n": [1]})
+        writer.write_many(["a", "b"], np.ones((2, 2), np.float32), group="pooled")
+        writer.write("c", np.ones((1, 2), np.float32), group="tokens")
+        writer.write("c", np.ones(2, np.float32), group="pooled")
+        writer.finish()
+    with FeatureFile(tmp_path / "queries.h5") as queries:
+        assert queries.group("tokens").ids == ["a", "b", "c"] and queries.group("tokens").lengths.tolist() == [1, 2, 1]
+
+
 # A writer in a child process: WRITTEN entries (seeded by their number), committed every 7; it says when
 # two batches are committed and goes on writing, so that the kill lands in the middle of its work.
 _WRITER = textwrap.dedent("""
@@ -130,14 +178,20 @@ _WRITER = textwrap.dedent("""
         rng = np.random.default_rng(number)
         return rng.standard_normal((int(rng.integers(0, 9)), 5)).astype(np.float32), rng.standard_normal(5)
 
-    def write(path, numbers, slow):
+    def write(path, numbers, slow, block=1):
         with FeatureWriter(path, {"stage": "test"}, groups=QUERY_GROUPS, batch_entries=7) as writer:
-            for number in numbers:
-                if writer.done(f"q/{number}"):
-                    continue
-                tokens, pooled = entry(number)
-                writer.write(f"q/{number}", tokens, group="tokens", length=len(tokens))
-                writer.write(f"q/{number}", pooled, group="pooled")
+            todo = [number for number in numbers if not writer.done(f"q/{number}")]
+            for start in range(0, len(todo), block):
+                numbers = todo[start:start + block]
+                ids, (tokens, pooled) = [f"q/{number}" for number in numbers], zip(*map(entry, numbers))
+                if block == 1:
+                    writer.write(ids[0], tokens[0], group="tokens", length=len(tokens[0]))
+                    writer.write(ids[0], pooled[0], group="pooled")
+                else:  # many entries at once
+                    lengths = [len(rows) for rows in tokens]
+                    writer.write_many(ids, np.concatenate(tokens), lengths, group="tokens",
+                                      entry_columns={"length": lengths})
+                    writer.write_many(ids, np.stack(pooled), group="pooled")
                 if slow and writer.committed >= 14:
                     print("committed", flush=True)
                     slow = False
@@ -146,7 +200,7 @@ _WRITER = textwrap.dedent("""
             writer.finish()
 
     if __name__ == "__main__":
-        write(sys.argv[1], range(int(sys.argv[2])), slow=True)
+        write(sys.argv[1], range(int(sys.argv[2])), slow=True, block=int(sys.argv[3]))
 """)
 
 
@@ -157,15 +211,16 @@ def _arrays(path):
         return found, dict(f.attrs)
 
 
-def test_a_killed_writer_resumes_to_the_same_file_as_an_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("block", [1, 5], ids=["write", "write_many"])
+def test_a_killed_writer_resumes_to_the_same_file_as_an_uninterrupted_one(tmp_path, block):
     script = tmp_path / "writer.py"
     script.write_text(_WRITER)
     n_entries = 400
     killed, whole = tmp_path / "killed" / "queries.h5", tmp_path / "whole" / "queries.h5"
     killed.parent.mkdir()
     whole.parent.mkdir()
-    child = subprocess.Popen([sys.executable, str(script), str(killed), str(n_entries)], stdout=subprocess.PIPE,
-                             text=True)
+    child = subprocess.Popen([sys.executable, str(script), str(killed), str(n_entries), str(block)],
+                             stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline() == "committed\n"
         child.send_signal(signal.SIGKILL)
@@ -179,8 +234,8 @@ def test_a_killed_writer_resumes_to_the_same_file_as_an_uninterrupted_one(tmp_pa
         sys.path.remove(str(tmp_path))
     with FeatureWriter(killed, {"stage": "test"}, groups=QUERY_GROUPS) as resumed:
         assert 14 <= resumed.committed < n_entries  # what the child had committed, no more
-    child_code.write(killed, range(n_entries), slow=None)
-    child_code.write(whole, range(n_entries), slow=None)
+    child_code.write(killed, range(n_entries), slow=None, block=block)
+    child_code.write(whole, range(n_entries), slow=None)  # entry by entry: write_many gives the same file
     (killed_arrays, killed_attrs), (whole_arrays, whole_attrs) = _arrays(killed), _arrays(whole)
     assert killed_attrs == whole_attrs and sorted(killed_arrays) == sorted(whole_arrays)
     for name, array in whole_arrays.items():
