@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -93,7 +94,7 @@ class _PendingGroup:
         if kind not in (RAGGED, ROW):
             raise ValueError(f"group {name!r}: kind must be {RAGGED!r} or {ROW!r}, not {kind!r}")
         self.name, self.kind = name, kind
-        self.blocks: list[_Block] = []
+        self.blocks: deque[_Block] = deque()  # taken from the front, a block at a time
         self.count = 0  # entries in the blocks
         self.nbytes = 0
 
@@ -144,10 +145,10 @@ class _PendingGroup:
         """The first ``count`` entries as a batch of their own; they leave this one."""
         batch = _PendingGroup(self.name, self.kind)
         while batch.count < count:
-            block = self.blocks.pop(0)
+            block = self.blocks.popleft()
             if len(block) > count - batch.count:
                 block, rest = block.split(count - batch.count)
-                self.blocks.insert(0, rest)
+                self.blocks.appendleft(rest)
             batch.add(block)
         self.count -= count
         self.nbytes = sum(block.nbytes for block in self.blocks)
