@@ -19,7 +19,7 @@ from luigi.task_register import Register
 from pipeline.datasets import folder_videos
 from pipeline.explain import explain, format_report
 from pipeline.sharding import assign_shards
-from pipeline.video_cache import CACHE_FOLDER, RECORD_SUFFIX, clean, used_entries, video_identity
+from pipeline.video_cache import CACHE_FOLDER, ENTRY_SUFFIX, RECORD_SUFFIX, clean, used_entries, video_identity
 from storage import FeatureFile
 from videos import run_ffmpeg
 
@@ -210,13 +210,13 @@ def test_clean_removes_only_entries_no_stage_folder_uses(dataset, run_stages):
     assert clean(dataset_dir) == (0, 0)  # both stage folders use all their entries
     shutil.rmtree(_part(config, other).out_dir)
     files, size = clean(dataset_dir, dry_run=True)
-    assert files == 16 and size > 0 and len(list(_part(config, other).cache.folder.rglob("*.h5"))) == 8  # and records
+    assert files == 16 and size > 0 and len(list(_part(config, other).cache.folder.rglob(f"*{ENTRY_SUFFIX}"))) == 8  # and records
     assert clean(dataset_dir) == (files, size)
     assert not _part(config, other).cache.folder.exists()
     kept = {path.relative_to(dataset_dir / CACHE_FOLDER).as_posix()
-            for path in (dataset_dir / CACHE_FOLDER).rglob("*.h5")}
+            for path in (dataset_dir / CACHE_FOLDER).rglob(f"*{ENTRY_SUFFIX}")}
     assert kept == used_entries(dataset_dir) and len(kept) == 8
-    assert len(list((dataset_dir / CACHE_FOLDER).rglob(f"*.h5{RECORD_SUFFIX}"))) == 8  # each kept with its record
+    assert len(list((dataset_dir / CACHE_FOLDER).rglob(f"*{ENTRY_SUFFIX}{RECORD_SUFFIX}"))) == 8  # each kept with its record
     assert run_stages.build([_part(config)]) == []  # the remaining stage is untouched
 
 
