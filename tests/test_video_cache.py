@@ -19,7 +19,17 @@ from luigi.task_register import Register
 from pipeline.datasets import folder_videos
 from pipeline.explain import explain, format_report
 from pipeline.sharding import assign_shards
-from pipeline.video_cache import CACHE_FOLDER, ENTRY_SUFFIX, RECORD_SUFFIX, clean, used_entries, video_identity
+from pipeline.video_cache import (
+    CACHE_FOLDER,
+    ENTRY_SUFFIX,
+    RECORD_SUFFIX,
+    VideoCache,
+    clean,
+    read_feature_entry,
+    used_entries,
+    video_identity,
+    write_feature_entry,
+)
 from storage import FeatureFile
 from videos import run_ffmpeg
 
@@ -238,3 +248,28 @@ def test_identity_by_file_stats_or_by_content(demo_files, tmp_path):
     folder_before = video_identity(frames, tmp_path, "content")
     (frames / "00001.jpg").write_bytes(b"other")  # one frame replaced: the folder's identity changes
     assert video_identity(frames, tmp_path, "content") != folder_before
+
+
+def test_a_feature_entry_reads_back_as_written_and_a_foreign_file_is_named(tmp_path):
+    cache = VideoCache(tmp_path / "cache", ENTRY_SUFFIX)
+    entry = cache.path({"identity": "x", "duration": 2.0})
+    features = np.random.default_rng(0).standard_normal((5, 7), dtype=np.float32)
+    write_feature_entry(cache, entry, features, timestamps=np.arange(5) / 3.0, pyav=np.bool_(True))
+    read, attrs = read_feature_entry(entry)
+    assert read.dtype == np.float32 and np.array_equal(read, features)
+    assert attrs["timestamps"].dtype == np.float64 and np.array_equal(attrs["timestamps"], np.arange(5) / 3.0)
+    assert attrs["pyav"] is True and cache.entry_problem(entry) is None
+    write_feature_entry(cache, entry, np.zeros((0, 7), np.float32), timestamps=np.zeros(0), pyav=False)  # no rows
+    assert read_feature_entry(entry)[0].shape == (0, 7)
+    for foreign in (b"\x89HDF\r\n\x1a\n" + bytes(100), b'{"format": "prvr-feature-entry-1", "arrays": '
+                    b'[["features", "<f4", [5, 7]]], "values": {}}\n' + bytes(12)):  # HDF5; a cut entry
+        entry.write_bytes(foreign)
+        with pytest.raises(ValueError, match=f"{entry}: not a feature cache entry"):
+            read_feature_entry(entry)
+
+
+def test_the_entry_format_is_part_of_a_visual_parts_settings_key(dataset, monkeypatch):
+    config, _ = dataset
+    before = _part(config).cache.folder
+    monkeypatch.setattr(tasks, "ENTRY_FORMAT", "prvr-feature-entry-2")
+    assert _part(config).cache.folder != before  # entries of another format are never read as this one's
