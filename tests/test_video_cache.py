@@ -8,6 +8,8 @@ earlier backbone reuses its features; the shard count changes neither a fingerpr
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import luigi
 import numpy as np
@@ -273,3 +275,10 @@ def test_the_entry_format_is_part_of_a_visual_parts_settings_key(dataset, monkey
     before = _part(config).cache.folder
     monkeypatch.setattr(tasks, "ENTRY_FORMAT", "prvr-feature-entry-2")
     assert _part(config).cache.folder != before  # entries of another format are never read as this one's
+
+
+def test_assembling_a_part_imports_no_model_code():
+    # Assembling copies bytes: importing torch for it cost seconds a process (VisualPart assemble,
+    # and VisualFeatures, which reads a single part in place).
+    code = "import sys, tasks, pipeline.part_assembly; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
