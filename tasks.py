@@ -40,7 +40,15 @@ from pipeline.scheduler import use_requested_scheduler
 from pipeline.sharding import PerVideoStage, VideoShard
 from pipeline.stage import DatasetTask, Stage
 from pipeline.subtitle_files import SUBTITLE_EXTENSIONS
-from pipeline.video_cache import HASHES_FILE, ContentHashes, content_hash, video_identity, videos_digest
+from pipeline.video_cache import (
+    ENTRY_FORMAT,
+    ENTRY_SUFFIX,
+    HASHES_FILE,
+    ContentHashes,
+    content_hash,
+    video_identity,
+    videos_digest,
+)
 from storage import LAYOUT_VERSION
 
 
@@ -270,7 +278,7 @@ class VisualPart(PerVideoStage):
 
     part = luigi.Parameter(description="a name under visual.parts")
     version = "3"  # 3: frames encoded in fixed-shape padded batches spanning videos (pipeline/features.py)
-    shard_task, cache_suffix = VisualPartShard, ".h5"
+    shard_task, cache_suffix = VisualPartShard, ENTRY_SUFFIX
 
     @property
     def stage(self) -> str:
@@ -288,7 +296,7 @@ class VisualPart(PerVideoStage):
         return self.clone(PrepareDataset).video_count
 
     def cache_settings(self) -> dict:
-        return {**super().cache_settings(), "frame_fps": self.config["data"]["frame_fps"]}
+        return {**super().cache_settings(), "frame_fps": self.config["data"]["frame_fps"], "entry": ENTRY_FORMAT}
 
     def _fingerprint_payload(self):
         # A new features.h5 layout rebuilds the file from the cache entries, which it leaves as they are.
@@ -309,8 +317,8 @@ class VisualPart(PerVideoStage):
                                        self.stage, frames_fps=self.config["data"]["frame_fps"])
 
     def assemble(self, out_dir, videos, failures):
-        from pipeline.features import assemble_visual_features
         from pipeline.backbones import part_settings
+        from pipeline.part_assembly import assemble_visual_features
 
         return assemble_visual_features(videos, part_settings(self.config["visual"], self.part), self.cache,
                                         failures, self.features, {"stage": self.stage, "fingerprint": self.fingerprint})
@@ -341,11 +349,11 @@ class VisualFeatures(_FeatureStage):
         return [] if self.features.parent == self.out_dir else [self.features]
 
     def build(self, out_dir):
+        visual = self.config["visual"]
+        if visual["clip_seconds"] is None:  # nothing to do: no import of the pooling code (torch, seconds)
+            return {"features": str(self.features)}
         from pipeline.visual import combine_parts
 
-        visual = self.config["visual"]
-        if visual["clip_seconds"] is None:
-            return {"features": str(self.features)}
         parts = {name: (task.features, visual["parts"][name]["pool"]) for name, task in self.parts.items()}
         return combine_parts(self.dataset_file("videos.jsonl"), parts, visual["clip_seconds"], self.features,
                              {"stage": self.stage, "fingerprint": self.fingerprint})

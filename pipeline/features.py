@@ -23,8 +23,7 @@ from extractors.decode import VideoDecodeError, iter_decoded_frames, sample_time
 from extractors.subtitles import pool_subtitles
 from extractors.text_policy import is_blank, over_limit, truncation_note
 from pipeline.backbones import items_per_batch, text_encoder, visual_extractor_options
-from pipeline.stage import StageFailed
-from pipeline.video_cache import VideoCache, read_feature_entry, write_feature_entry
+from pipeline.video_cache import VideoCache, write_feature_entry
 from storage import QUERY_GROUPS, SUBTITLE_GROUPS, FeatureWriter
 
 log = logging.getLogger("pipeline")
@@ -314,30 +313,6 @@ def extract_visual_features(videos: list[dict], visual: dict, cache: VideoCache,
             "entries": [cache.path(video) for video in videos if video["video_id"] not in failures]}
 
 
-def assemble_visual_features(videos: list[dict], visual: dict, cache: VideoCache, failures: dict[str, str],
-                             out_path: Path, attrs: dict) -> dict:
-    """The stage's features file, one entry per video copied from the cache (failed videos left out)."""
-    _check_failures(failures, len(videos), visual["max_failed_fraction"])
-    done = [video for video in videos if video["video_id"] not in failures]
-    for video in done:
-        if not cache.path(video).is_file():
-            raise StageFailed(f"video {video['video_id']}: its cache entry {cache.path(video)} is missing (removed "
-                              f"after its shard ran?); delete {out_path.parent / 'shards'} and rerun")
-    dim = read_feature_entry(cache.path(done[0]))[0].shape[1] if done else _create_extractor(visual).dim
-    decoders = {}
-    backbone = ":".join(name for name in (visual["backbone"], visual["model"]) if name)
-    with FeatureWriter(out_path, {**attrs, "backbone": backbone, "dim": dim, "fps": visual["fps"]}) as writer:
-        for video in tqdm(done, desc="assemble visual features", unit="video"):
-            features, entry_attrs = read_feature_entry(cache.path(video))
-            if entry_attrs["pyav"]:  # decord could not read (some of) its frames
-                decoders[video["video_id"]] = "pyav"
-            if not writer.done(video["video_id"]):
-                writer.write(video["video_id"], features, timestamps=entry_attrs["timestamps"],
-                             duration=float(video["duration"]))
-        writer.finish()
-    return {"inputs": {"videos": len(videos)}, "failures": failures, "decoders": decoders, "dim": dim}
-
-
 def _log_resume(stage: str, done: int, total: int, unit: str) -> None:
     if done:
         log.info("resuming %s: %d of %d %s already done", stage, done, total, unit)
@@ -376,13 +351,6 @@ def _write_finished(batcher: _VideoBatcher, cache: VideoCache, decoders: dict[st
 def _record_failure(failures: dict[str, str], video_id: str, error: str) -> None:
     failures[video_id] = error
     log.warning("video %s failed: %s", video_id, error)
-
-
-def _check_failures(failures: dict[str, str], total: int, max_fraction: float) -> None:
-    if total and len(failures) / total > max_fraction:
-        listing = "\n".join(f"  {vid}: {reason}" for vid, reason in sorted(failures.items()))
-        raise StageFailed(f"{len(failures)} of {total} videos failed (more than "
-                          f"visual.max_failed_fraction={max_fraction}):\n{listing}")
 
 
 def encode_queries(queries: list[dict], text: dict, out_path: Path, attrs: dict) -> dict:

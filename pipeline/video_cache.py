@@ -39,6 +39,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 from contextlib import contextmanager
@@ -47,7 +48,6 @@ from pathlib import Path
 from stat import S_ISDIR, S_ISLNK
 from typing import Iterator
 
-import h5py
 import numpy as np
 
 from amdnet.atomic import write_json_atomic, write_text_atomic
@@ -59,6 +59,10 @@ CACHE_FOLDER = "cache"  # under <workdir>/<name>/, beside the stage folders
 ENTRIES_FILE = "cache_entries.txt"  # in a stage folder: the cache entries it was assembled from
 HASHES_FILE = "content_hashes.json"  # under <workdir>/<name>/: content hashes reused while stat is unchanged
 RECORD_SUFFIX = ".sum"  # <entry>.sum: the entry's size and checksum (pipeline.integrity)
+# A feature entry (write_feature_entry): its name in its header, and its file suffix. A per-video stage
+# puts it in its cache settings, so a new format is a new settings key: older entries are never misread.
+ENTRY_FORMAT = "prvr-feature-entry-1"
+ENTRY_SUFFIX = ".entry"
 IDENTITY_MODES = ("file", "content")
 _HASH_CHUNK = 1 << 20
 
@@ -178,6 +182,7 @@ class VideoCache:
 
     def __init__(self, folder: Path, suffix: str):
         self.folder, self.suffix = Path(folder), suffix
+        self._paths: dict[tuple, Path] = {}  # entry paths by key inputs: a stage asks for each several times
 
     @classmethod
     def for_stage(cls, dataset_dir: Path, stage: str, settings: dict, suffix: str) -> "VideoCache":
@@ -185,8 +190,12 @@ class VideoCache:
 
     def path(self, video: dict, *extra) -> Path:
         """The entry of a videos.jsonl record; ``extra`` adds values the result also depends on."""
-        key = _digest([video["identity"], video["duration"], *extra])
-        return self.folder / key[:2] / f"{key}{self.suffix}"
+        inputs = (video["identity"], video["duration"], *extra)
+        path = self._paths.get(inputs)
+        if path is None:
+            key = _digest(list(inputs))
+            path = self._paths[inputs] = self.folder / key[:2] / f"{key}{self.suffix}"
+        return path
 
     @contextmanager
     def writing(self, entry: Path) -> Iterator[Path]:
@@ -218,10 +227,8 @@ class VideoCache:
         damaged = {}
         for video in videos:
             entry = self.path(video)
-            if not entry.is_file():
-                continue
             problem = self.entry_problem(entry)
-            if problem is not None:
+            if problem is not None and entry.is_file():  # (looked at only then: one stat less a video)
                 log.warning("video %s: its cache entry is damaged, making it again: %s", video["video_id"], problem)
                 entry.unlink(missing_ok=True)
                 record_path(entry).unlink(missing_ok=True)
@@ -234,17 +241,48 @@ def record_path(entry: Path) -> Path:
 
 
 def write_feature_entry(cache: VideoCache, entry: Path, features: np.ndarray, **attrs) -> None:
-    """One video's features (T, D) with their attributes (timestamps, ...) as one small HDF5 file."""
+    """One video's features (T, D) with their attributes (timestamps, ...) as one small entry file
+    (``ENTRY_FORMAT``: a JSON header line, then the arrays' bytes); array attributes are stored as
+    arrays, the others as JSON values."""
+    arrays = {"features": np.ascontiguousarray(features)}
+    values = {}
+    for name, value in attrs.items():
+        if np.ndim(value) > 0:
+            arrays[name] = np.ascontiguousarray(value)
+        else:
+            values[name] = value.item() if isinstance(value, np.generic) else value
+    header = {"format": ENTRY_FORMAT, "arrays": [[name, array.dtype.str, list(array.shape)]
+                                                 for name, array in arrays.items()], "values": values}
     with cache.writing(entry) as temporary:
-        with h5py.File(temporary, "w") as f:
-            dataset = f.create_dataset("features", data=features)
-            for name, value in attrs.items():
-                dataset.attrs[name] = value
+        with open(temporary, "wb") as f:
+            f.write(json.dumps(header, separators=(",", ":")).encode() + b"\n")
+            for array in arrays.values():
+                f.write(array.tobytes())
 
 
 def read_feature_entry(entry: Path) -> tuple[np.ndarray, dict]:
-    with h5py.File(entry, "r") as f:
-        return f["features"][()], dict(f["features"].attrs)
+    """The features (T, D) and attributes of an entry ``write_feature_entry`` wrote: one read of the file."""
+    with open(entry, "rb") as f:  # not Path(entry).read_bytes(): parsing a path is a third of the cost
+        data = f.read()
+    try:
+        end = data.index(b"\n")
+        header = json.loads(data[:end])
+        if header["format"] != ENTRY_FORMAT:
+            raise ValueError(f"format {header['format']!r}, expected {ENTRY_FORMAT!r}")
+        arrays, offset = {}, end + 1
+        for name, dtype, shape in header["arrays"]:
+            dtype = np.dtype(dtype)
+            if dtype.hasobject or not all(isinstance(n, int) and n >= 0 for n in shape):
+                raise ValueError(f"array {name!r}: {dtype} {shape}")
+            count = math.prod(shape)
+            arrays[name] = np.frombuffer(data, dtype, count, offset).reshape(shape)
+            offset += count * dtype.itemsize
+        if offset != len(data):
+            raise ValueError(f"{len(data) - offset} bytes after the arrays its header lists")
+        features = arrays.pop("features")
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"{entry}: not a feature cache entry ({err})") from None
+    return features, {**arrays, **header["values"]}
 
 
 def write_entries_list(stage_dir: Path, entries: list[Path], cache_root: Path) -> None:

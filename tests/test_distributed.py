@@ -21,6 +21,7 @@ import tasks
 from conftest import make_tiny_config
 from luigi.task_register import Register
 from luigid import REPO, central_scheduler, start_worker  # noqa: F401 (central_scheduler is a fixture)
+from pipeline.video_cache import ENTRY_SUFFIX
 from storage import FeatureFile
 
 SHARDS = 4
@@ -82,7 +83,7 @@ def test_a_worker_killed_in_a_shard_leaves_it_to_the_other(make_config, tmp_path
     victim = start_worker(central_scheduler, _task_args(config), log_path=tmp_path / "victim.log")
     survivor = start_worker(central_scheduler, _task_args(config), log_path=tmp_path / "survivor.log")
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and victim.poll() is None and not list(part.cache.folder.glob("*/*.h5")):
+    while time.monotonic() < deadline and victim.poll() is None and not list(part.cache.folder.glob(f"*/*{ENTRY_SUFFIX}")):
         time.sleep(0.02)
     assert victim.poll() is None, "the worker finished before it could be killed"
     if "running   VisualPartShard" not in (tmp_path / "victim.log").read_text():

@@ -8,7 +8,7 @@ import pytest
 from extractors import create_extractor
 from extractors.decode import decode_frames, probe_video, sample_times
 from pipeline.features import _DecodedVideos, _Piece, _VideoBatcher
-from pipeline.video_cache import VideoCache, video_identity, write_feature_entry
+from pipeline.video_cache import ENTRY_SUFFIX, VideoCache, video_identity, write_feature_entry
 from storage import FeatureFile
 from videos import extract_as_a_stage, make_testsrc_video, run_ffmpeg
 
@@ -83,7 +83,7 @@ def test_every_video_gets_the_features_of_decoding_it_alone(videos, clip, tmp_pa
 def test_rerun_skips_videos_already_in_the_cache(videos, tmp_path):
     # As a killed run leaves it: one video's entry written, the stage not assembled.
     done_before = {**videos[0], "identity": video_identity(Path(videos[0]["path"]), tmp_path, "file")}
-    cache = VideoCache(tmp_path / "cache", ".h5")
+    cache = VideoCache(tmp_path / "cache", ENTRY_SUFFIX)
     write_feature_entry(cache, cache.path(done_before), np.zeros((3, 64), np.float32), timestamps=np.arange(3.0),
                         pyav=False)
     result, out = extract_as_a_stage([done_before, *videos[1:]], _visual(0), tmp_path, frames_fps=3.0)

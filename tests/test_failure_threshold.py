@@ -5,6 +5,7 @@ import pytest
 
 from extractors.decode import probe_video
 from pipeline.stage import StageFailed
+from pipeline.video_cache import ENTRY_SUFFIX
 from storage import FeatureFile
 from videos import extract_as_a_stage, make_testsrc_video
 
@@ -59,4 +60,4 @@ def test_exactly_the_allowed_fraction_of_failures_passes(tmp_path, good_video, n
         assert not (tmp_path / "features.h5").exists()  # nothing published that a later run could take as complete
         assert not (tmp_path / "features.h5.partial").exists()
         # The good videos' work is kept for a rerun: one cache entry (they are the same file).
-        assert len(list((tmp_path / "cache").glob("*/*.h5"))) == (1 if n_videos > n_broken else 0)
+        assert len(list((tmp_path / "cache").glob(f"*/*{ENTRY_SUFFIX}"))) == (1 if n_videos > n_broken else 0)

@@ -10,7 +10,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import h5py
 import luigi
 import pytest
 import torch
@@ -20,6 +19,7 @@ from amdnet.atomic import DiskFullError, atomic_path, write_json_atomic
 from amdnet.config import TrainConfig
 from models import create_model
 from models.checkpoints import save_checkpoint
+from pipeline.video_cache import ENTRY_SUFFIX, read_feature_entry
 from test_stage_lock import StageProcess, assert_same_features, fresh_workdir, prepared, stage_folders  # noqa: F401
 
 
@@ -77,10 +77,10 @@ def test_sigterm_stops_promptly_keeps_a_resumable_partial_and_takes_the_workers_
     assert not (folder / "manifest.json").exists() and not (folder / "features.h5").exists()
     assert not list(folder.glob("shards/*/*/report.json"))  # the shard is not taken as complete
     rerun = tasks.VisualPart(dataset=str(prepared.config), set=workdir, part="clip")
-    entries = list(rerun.cache.folder.glob("*/*.h5"))
-    for entry in entries:  # every finished video's entry opens as it is
-        with h5py.File(entry, "r") as f:
-            assert f["features"].shape[0] == len(f["features"].attrs["timestamps"])
+    entries = list(rerun.cache.folder.glob(f"*/*{ENTRY_SUFFIX}"))
+    for entry in entries:  # every finished video's entry reads as it is
+        features, attrs = read_feature_entry(entry)
+        assert features.shape[0] == len(attrs["timestamps"])
     assert 1 <= len(entries) < 8
 
     assert luigi.build([rerun], local_scheduler=True, log_level="WARNING")

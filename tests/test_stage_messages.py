@@ -8,7 +8,7 @@ import pytest
 
 from extractors.decode import probe_video
 from pipeline.features import encode_queries
-from pipeline.video_cache import VideoCache, video_identity, write_feature_entry
+from pipeline.video_cache import ENTRY_SUFFIX, VideoCache, video_identity, write_feature_entry
 from storage import QUERY_GROUPS, FeatureWriter
 from videos import extract_as_a_stage, make_testsrc_video, run_ffmpeg
 
@@ -64,7 +64,7 @@ def test_a_clip_backbone_at_25_fps_on_3_fps_frames_is_warned(videos, tmp_path, c
 
 def test_a_resumed_visual_stage_says_what_it_resumed(videos, tmp_path, caplog):
     done = {**videos[2], "identity": video_identity(videos[2]["path"], tmp_path, "file")}
-    cache = VideoCache(tmp_path / "cache", ".h5")  # as a killed run leaves it: one video done, stage not assembled
+    cache = VideoCache(tmp_path / "cache", ENTRY_SUFFIX)  # as a killed run leaves it: one video done, stage not assembled
     write_feature_entry(cache, cache.path(done), np.zeros((3, 64), np.float32), timestamps=np.arange(3.0), pyav=False)
     with caplog.at_level(logging.INFO, logger="pipeline"):
         extract_as_a_stage([*videos[:2], done], _visual(3.0), tmp_path, frames_fps=3.0, stage="visual-clip")

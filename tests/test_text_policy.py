@@ -9,6 +9,7 @@ import logging
 
 import numpy as np
 import pytest
+import torch
 
 from extractors.text import HFTextEncoder
 from extractors.text_policy import is_blank, over_limit
@@ -129,3 +130,15 @@ def test_clip_text_counts_its_tokens_and_cuts_at_its_context(tmp_path):
     assert [index for index, _ in over_limit(encoder, texts)] == [2, 3]
     at_limit, cut = encoder.encode(texts[1:3])  # 76 cats are cut to the 75 that fit: the same tokens
     np.testing.assert_allclose(cut.pooled, at_limit.pooled, atol=1e-6)
+
+
+def test_clip_text_tokenises_each_text_once_into_what_open_clip_makes():
+    from extractors import create_extractor
+
+    encoder = create_extractor("clip-text", model="TinyViT-32-test", seed=0, device="cpu")
+    texts = ["a cat", " ".join(["cat"] * 75), " ".join(["cat"] * 76), "a cat " * 500, "Ünïcode ☃ text"]
+    encoder.token_counts(texts)  # the cut policy's question comes first, as in the stages
+    assert encoder._token_ids.cache_info().misses == len(texts)
+    assert torch.equal(encoder._token_tensor(texts), encoder.tokenizer(texts))  # the same ids, cut the same way
+    encoder.encode(texts)
+    assert encoder._token_ids.cache_info().misses == len(texts)  # encoding tokenised nothing again

@@ -8,6 +8,8 @@ earlier backbone reuses its features; the shard count changes neither a fingerpr
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import luigi
 import numpy as np
@@ -19,7 +21,17 @@ from luigi.task_register import Register
 from pipeline.datasets import folder_videos
 from pipeline.explain import explain, format_report
 from pipeline.sharding import assign_shards
-from pipeline.video_cache import CACHE_FOLDER, RECORD_SUFFIX, clean, used_entries, video_identity
+from pipeline.video_cache import (
+    CACHE_FOLDER,
+    ENTRY_SUFFIX,
+    RECORD_SUFFIX,
+    VideoCache,
+    clean,
+    read_feature_entry,
+    used_entries,
+    video_identity,
+    write_feature_entry,
+)
 from storage import FeatureFile
 from videos import run_ffmpeg
 
@@ -210,13 +222,13 @@ def test_clean_removes_only_entries_no_stage_folder_uses(dataset, run_stages):
     assert clean(dataset_dir) == (0, 0)  # both stage folders use all their entries
     shutil.rmtree(_part(config, other).out_dir)
     files, size = clean(dataset_dir, dry_run=True)
-    assert files == 16 and size > 0 and len(list(_part(config, other).cache.folder.rglob("*.h5"))) == 8  # and records
+    assert files == 16 and size > 0 and len(list(_part(config, other).cache.folder.rglob(f"*{ENTRY_SUFFIX}"))) == 8  # and records
     assert clean(dataset_dir) == (files, size)
     assert not _part(config, other).cache.folder.exists()
     kept = {path.relative_to(dataset_dir / CACHE_FOLDER).as_posix()
-            for path in (dataset_dir / CACHE_FOLDER).rglob("*.h5")}
+            for path in (dataset_dir / CACHE_FOLDER).rglob(f"*{ENTRY_SUFFIX}")}
     assert kept == used_entries(dataset_dir) and len(kept) == 8
-    assert len(list((dataset_dir / CACHE_FOLDER).rglob(f"*.h5{RECORD_SUFFIX}"))) == 8  # each kept with its record
+    assert len(list((dataset_dir / CACHE_FOLDER).rglob(f"*{ENTRY_SUFFIX}{RECORD_SUFFIX}"))) == 8  # each kept with its record
     assert run_stages.build([_part(config)]) == []  # the remaining stage is untouched
 
 
@@ -238,3 +250,35 @@ def test_identity_by_file_stats_or_by_content(demo_files, tmp_path):
     folder_before = video_identity(frames, tmp_path, "content")
     (frames / "00001.jpg").write_bytes(b"other")  # one frame replaced: the folder's identity changes
     assert video_identity(frames, tmp_path, "content") != folder_before
+
+
+def test_a_feature_entry_reads_back_as_written_and_a_foreign_file_is_named(tmp_path):
+    cache = VideoCache(tmp_path / "cache", ENTRY_SUFFIX)
+    entry = cache.path({"identity": "x", "duration": 2.0})
+    features = np.random.default_rng(0).standard_normal((5, 7), dtype=np.float32)
+    write_feature_entry(cache, entry, features, timestamps=np.arange(5) / 3.0, pyav=np.bool_(True))
+    read, attrs = read_feature_entry(entry)
+    assert read.dtype == np.float32 and np.array_equal(read, features)
+    assert attrs["timestamps"].dtype == np.float64 and np.array_equal(attrs["timestamps"], np.arange(5) / 3.0)
+    assert attrs["pyav"] is True and cache.entry_problem(entry) is None
+    write_feature_entry(cache, entry, np.zeros((0, 7), np.float32), timestamps=np.zeros(0), pyav=False)  # no rows
+    assert read_feature_entry(entry)[0].shape == (0, 7)
+    for foreign in (b"\x89HDF\r\n\x1a\n" + bytes(100), b'{"format": "prvr-feature-entry-1", "arrays": '
+                    b'[["features", "<f4", [5, 7]]], "values": {}}\n' + bytes(12)):  # HDF5; a cut entry
+        entry.write_bytes(foreign)
+        with pytest.raises(ValueError, match=f"{entry}: not a feature cache entry"):
+            read_feature_entry(entry)
+
+
+def test_the_entry_format_is_part_of_a_visual_parts_settings_key(dataset, monkeypatch):
+    config, _ = dataset
+    before = _part(config).cache.folder
+    monkeypatch.setattr(tasks, "ENTRY_FORMAT", "prvr-feature-entry-2")
+    assert _part(config).cache.folder != before  # entries of another format are never read as this one's
+
+
+def test_assembling_a_part_imports_no_model_code():
+    # Assembling copies bytes: importing torch for it cost seconds a process (VisualPart assemble,
+    # and VisualFeatures, which reads a single part in place).
+    code = "import sys, tasks, pipeline.part_assembly; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

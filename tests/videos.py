@@ -98,10 +98,11 @@ def extract_as_a_stage(videos: list[dict], visual: dict, folder: Path, frames_fp
     """What a VisualPart does with ``videos`` (records without an identity get one): extraction into
     the per-video cache under ``folder``, then the stage's ``folder/features.h5`` assembled from it.
     Returns the assembly's report with the extraction's ``decoded`` ids, and the features file."""
-    from pipeline.features import assemble_visual_features, extract_visual_features
-    from pipeline.video_cache import VideoCache, video_identity
+    from pipeline.features import extract_visual_features
+    from pipeline.part_assembly import assemble_visual_features
+    from pipeline.video_cache import ENTRY_SUFFIX, VideoCache, video_identity
 
-    cache = VideoCache(Path(folder) / "cache", ".h5")
+    cache = VideoCache(Path(folder) / "cache", ENTRY_SUFFIX)
     records = [{**video, "identity": video.get("identity") or video_identity(Path(video["path"]), Path(folder), "file")}
                for video in videos]
     extracted = extract_visual_features(records, visual, cache, stage, frames_fps)
