@@ -40,7 +40,7 @@ from extractors.decode import probe_video  # noqa: E402
 from luigid import luigid_server, start_worker  # noqa: E402
 from pipeline.config import SCHEMA  # noqa: E402
 from pipeline.features import decode_videos, extract_visual_features  # noqa: E402
-from pipeline.video_cache import VideoCache, video_identity  # noqa: E402
+from pipeline.video_cache import ENTRY_SUFFIX, VideoCache, video_identity  # noqa: E402
 
 HEIGHTS = (360, 720)  # alternating over the generated videos
 NATIVE_FPS = 25.0
@@ -94,7 +94,7 @@ def extract_all(videos: list[dict], backbone: str, model: str | None, fps: float
               "size": 224, "clip_len": I3D_CLIP_LEN, "clip_stride": None, "batch_size": args.batch_size,
               "num_workers": args.num_workers, "device": args.device, "max_failed_fraction": 0.0}
     records = [{**video, "identity": video_identity(Path(video["path"]), cache_dir, "file")} for video in videos]
-    cache = VideoCache(cache_dir, ".h5")
+    cache = VideoCache(cache_dir, ENTRY_SUFFIX)
     report = extract_visual_features(records, visual, cache, "benchmark")
     assert len(report["decoded"]) == len(videos), "extraction lost videos"
     shutil.rmtree(cache_dir)
