@@ -365,9 +365,11 @@ def encode_queries(queries: list[dict], text: dict, out_path: Path, attrs: dict)
         for start in tqdm(range(0, len(todo), _TEXT_CHUNK), desc="query features", unit="chunk"):
             chunk = todo[start:start + _TEXT_CHUNK]
             cut += [chunk[index]["cap_id"] for index, _ in over_limit(encoder, [q["text"] for q in chunk])]
-            for query, features in zip(chunk, encoder.encode([q["text"] for q in chunk])):
-                writer.write(query["cap_id"], features.tokens, group="tokens")
-                writer.write(query["cap_id"], features.pooled, group="pooled")
+            encoded = encoder.encode([q["text"] for q in chunk])
+            ids = [query["cap_id"] for query in chunk]
+            writer.write_many(ids, np.concatenate([features.tokens for features in encoded]),
+                              [len(features.tokens) for features in encoded], group="tokens")
+            writer.write_many(ids, np.stack([features.pooled for features in encoded]), group="pooled")
         writer.finish()
     if cut:
         log.warning("%s", truncation_note("queries", len(cut), len(todo), cut, encoder.max_length))
