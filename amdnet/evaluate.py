@@ -26,13 +26,9 @@ from amdnet.metrics import moment_metrics, ranks_from_scores, retrieval_metrics,
 from amdnet.moments import clip_spans
 from models.checkpoints import ModelSource
 from models.configs import model_facts
-from models.registry import RetrievalModel, Rows, concat_rows, take_rows
+from models.registry import RetrievalModel, Rows, concat_rows, shared_rows, take_rows
 
 TOP_K_PREDICTIONS = 10
-# (query, video) pairs whose spans are computed at a time: each chunk gathers (pairs, N, d) video rows,
-# about 25 MB for AMDNet at d = 384, small enough to be reused by the allocator (a fresh block of
-# hundreds of MB per chunk costs more in page faults than the spans).
-SPAN_PAIRS_PER_CHUNK = 512
 
 
 @dataclass
@@ -50,13 +46,25 @@ class EncodedSplit:
 
     def spans(self, model: RetrievalModel, rule: str, query_index: torch.Tensor,
               video_index: torch.Tensor) -> torch.Tensor:
-        """(P,) query and (P,) video indices -> (P, 2) [start, end] fractions of the video under `rule`,
-        SPAN_PAIRS_PER_CHUNK pairs at a time."""
-        chunks = [model.spans(self.queries[queries], take_rows(self.videos, videos),
-                              None if self.clip_spans is None else self.clip_spans[videos], rule)
-                  for queries, videos in zip(query_index.split(SPAN_PAIRS_PER_CHUNK),
-                                             video_index.split(SPAN_PAIRS_PER_CHUNK))]
-        return torch.cat(chunks) if chunks else torch.empty(0, 2, device=self.queries.device)
+        """(P,) query and (P,) video indices -> (P, 2) [start, end] fractions of the video under `rule`.
+
+        The pairs are taken video by video: a video's rows, shared by its pairs without a copy
+        (`shared_rows`), meet all its queries in one product (amdnet.moments.pair_cosines), where
+        gathering every pair's own copy of them would move (P, N, d) floats through memory twice.
+        """
+        order = torch.sort(video_index, stable=True).indices  # (P,) pairs grouped by video
+        videos, counts = torch.unique_consecutive(video_index[order], return_counts=True)
+        groups = self.queries[query_index[order]].split(counts.tolist())
+        parts = [model.spans(queries, shared_rows(self.videos, video, len(queries)),
+                             None if self.clip_spans is None else self.clip_spans[video].expand(len(queries), -1, -1),
+                             rule)
+                 for video, queries in zip(videos.tolist(), groups)]
+        if not parts:
+            return torch.empty(0, 2, device=self.queries.device)
+        grouped = torch.cat(parts)  # (P, 2) in `order`
+        spans = torch.empty_like(grouped)
+        spans[order] = grouped
+        return spans
 
     def check_finite(self, source: str, dataset: VideoCaptionDataset):
         """Raises naming a video or caption whose representation holds NaN or inf (a broken model), so

@@ -172,6 +172,12 @@ def take_rows(videos: Rows, index: torch.Tensor | slice) -> Rows:
     return {key: value[index] for key, value in videos.items()}
 
 
+def shared_rows(videos: Rows, index: int, count: int) -> Rows:
+    """Row `index` of every tensor of a represent_videos dictionary as `count` rows that share its
+    memory (expanded, no copy): the rows of `count` (query, video) pairs of that one video."""
+    return {key: value[index:index + 1].expand(count, *value.shape[1:]) for key, value in videos.items()}
+
+
 def concat_rows(parts: list[Rows]) -> Rows:
     """represent_videos dictionaries of successive batches joined along the video axis."""
     return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
