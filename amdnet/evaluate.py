@@ -20,7 +20,6 @@ from amdnet.data import (
     VideoInputs,
     collate_videos_with_captions,
     input_dims,
-    read_queries,
     to_device,
 )
 from amdnet.metrics import moment_metrics, ranks_from_scores, retrieval_metrics, temporal_iou, top_k_videos
@@ -172,13 +171,13 @@ def split_metrics(model: RetrievalModel, dataset: VideoCaptionDataset | Preloade
 
 @torch.no_grad()
 def moment_quality(model: RetrievalModel, encoded: EncodedSplit, dataset: VideoCaptionDataset,
-                   ranks: torch.Tensor, queries_path: Path) -> dict:
+                   ranks: torch.Tensor) -> dict:
     """VCMR metrics of every span rule of the model, over the queries with a ground-truth [start, end].
 
     A query's top-k holds one span per video, so it has a correct moment in its top k exactly when its
     own video is ranked <= k and that video's span has the IoU: only (query, own video) spans are needed.
     """
-    truth_by_cap = {record["cap_id"]: record["ts"] for record in read_queries(queries_path, dataset.split)}
+    truth_by_cap = dataset.truth_spans
     with_truth = [q for q, cap_id in enumerate(encoded.cap_ids) if truth_by_cap.get(cap_id) is not None]
     if not with_truth:
         return {"n_queries": 0}
@@ -244,7 +243,7 @@ def evaluate(source: ModelSource, files: FeatureFiles, queries_path: Path, split
     ranks, top_videos, top_scores = rank_split(model, encoded, chunk_size, TOP_K_PREDICTIONS)
     metrics = retrieval_metrics(ranks.cpu().numpy())
     metrics.update(n_queries=len(encoded.cap_ids), n_videos=len(dataset), split=split, span_rule=span_rule,
-                   moments=moment_quality(model, encoded, dataset, ranks, queries_path))
+                   moments=moment_quality(model, encoded, dataset, ranks))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(out_dir / "predictions.jsonl", prediction_records(
         model, encoded, dataset, ranks.cpu().tolist(), top_videos, top_scores, span_rule))
