@@ -18,7 +18,9 @@ batch dictionary is described in models/inputs.py):
     model.represent_queries(batch) -> (Nq, d) what a query becomes (the search encodes its text into this)
     model.score(queries (Q, d), videos: dict of V rows) -> (Q, V)   the ranking score
     model.spans(queries (P, d), videos: dict of P rows, clip_spans (P, N, 2), rule) -> (P, 2)
-                                            each (query, video) pair's moment, [start, end] fractions
+                                            each (query, video) pair's moment, [start, end] fractions;
+                                            Evaluate passes one video's rows to all its pairs as an
+                                            expanded view (shared_rows): read them, never write them
     model.span_rules, model.default_span_rule
     model.trainable                         False: no Train stage, represent/score right after features
     model.loss(batch, epoch) -> dict        trainable models: {"loss": total, <term>: value, ...},
