@@ -6,6 +6,7 @@ ranks and top-10 lists, `spans` the moments, so Evaluate measures exactly what t
 """
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from amdnet.atomic import write_json_atomic, write_jsonl_atomic
+from amdnet.atomic import write_json_atomic, write_text_atomic
 from amdnet.config import FeatureFiles, resolve_device
 from amdnet.data import (
     VideoCaptionDataset,
@@ -195,21 +196,27 @@ def moment_quality(model: RetrievalModel, encoded: EncodedSplit, dataset: VideoC
 
 
 @torch.no_grad()
-def prediction_records(model: RetrievalModel, encoded: EncodedSplit, dataset: VideoCaptionDataset,
-                       ranks: list[int], top_videos: torch.Tensor, top_scores: torch.Tensor, span_rule: str):
-    """Yields one predictions.jsonl record per query; spans in seconds of the video."""
+def prediction_lines(model: RetrievalModel, encoded: EncodedSplit, video_ids: list[str], durations: list[float],
+                     ranks: list[int], top_videos: torch.Tensor, top_scores: torch.Tensor, span_rule: str):
+    """Yields one predictions.jsonl line per query, spans in seconds of the video (`durations` and
+    `video_ids` per video of the split):
+    {"cap_id", "video_id", "rank", "top10": [{"video_id", "score", "span": [start, end]}, ...]}.
+
+    Each line is the text json.dumps writes for that record (ids as JSON strings, floats as repr,
+    scores finite after check_finite), formatted directly: a split has Nq x 10 entries.
+    """
     num_queries, top_k = top_videos.shape
     query_index = torch.arange(num_queries, device=top_videos.device).repeat_interleave(top_k)  # (Nq*k,)
     fractions = encoded.spans(model, span_rule, query_index, top_videos.flatten()).double()  # (Nq*k, 2)
-    durations = torch.tensor(dataset.durations, dtype=torch.float64, device=fractions.device)  # (Nv,)
+    durations = torch.tensor(durations, dtype=torch.float64, device=fractions.device)  # (Nv,)
     seconds = (fractions * durations[top_videos.flatten()].unsqueeze(1)).view(num_queries, top_k, 2).tolist()
     relevant = encoded.relevant_video.tolist()
-    video_ids = dataset.video_ids
+    video_ids = [json.dumps(video_id) for video_id in video_ids]
     for query, (video_row, score_row, span_row) in enumerate(zip(top_videos.tolist(), top_scores.tolist(), seconds)):
-        top = [{"video_id": video_ids[video], "score": score, "span": span}
-               for video, score, span in zip(video_row, score_row, span_row)]
-        yield {"cap_id": encoded.cap_ids[query], "video_id": video_ids[relevant[query]], "rank": ranks[query],
-               "top10": top}
+        top = ", ".join(f'{{"video_id": {video_ids[video]}, "score": {score!r}, "span": [{start!r}, {end!r}]}}'
+                        for video, score, (start, end) in zip(video_row, score_row, span_row))
+        yield (f'{{"cap_id": {json.dumps(encoded.cap_ids[query])}, "video_id": {video_ids[relevant[query]]}, '
+               f'"rank": {ranks[query]}, "top10": [{top}]}}\n')
 
 
 def chosen_span_rule(source: ModelSource, span_rule: str | None) -> str:
@@ -245,7 +252,8 @@ def evaluate(source: ModelSource, files: FeatureFiles, queries_path: Path, split
     metrics.update(n_queries=len(encoded.cap_ids), n_videos=len(dataset), split=split, span_rule=span_rule,
                    moments=moment_quality(model, encoded, dataset, ranks))
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(out_dir / "predictions.jsonl", prediction_records(
-        model, encoded, dataset, ranks.cpu().tolist(), top_videos, top_scores, span_rule))
+    write_text_atomic(out_dir / "predictions.jsonl", "".join(prediction_lines(
+        model, encoded, dataset.video_ids, dataset.durations, ranks.cpu().tolist(), top_videos, top_scores,
+        span_rule)))
     write_json_atomic(out_dir / "metrics.json", metrics)
     return metrics
