@@ -66,10 +66,12 @@ def bin_clips(features: np.ndarray, map_size: int = 32) -> np.ndarray:
     """(T, D) frame features -> (map_size, D): each bin is the mean of its frames, or the frame at
     its start edge when it is empty."""
     starts, ends = clip_bin_edges(features.shape[0], map_size)
-    prefix_sums = np.zeros((features.shape[0] + 1, features.shape[1]), dtype=np.float64)
-    np.cumsum(features, axis=0, dtype=np.float64, out=prefix_sums[1:])
+    # Prefix sums laid out (D, T + 1), each running sum a contiguous row: the same additions as along
+    # axis 0 of (T, D), in about half the time.
+    prefix_sums = np.zeros((features.shape[1], features.shape[0] + 1), dtype=np.float64)
+    np.cumsum(features.T, axis=1, dtype=np.float64, out=prefix_sums[:, 1:])
     counts = (ends - starts)[:, None]  # (map_size, 1)
-    means = (prefix_sums[ends] - prefix_sums[starts]) / np.maximum(counts, 1)
+    means = (prefix_sums[:, ends] - prefix_sums[:, starts]).T / np.maximum(counts, 1)  # (map_size, D)
     return np.where(counts > 0, means, features[starts]).astype(np.float32)
 
 
@@ -162,10 +164,12 @@ class VideoCaptionDataset(Dataset):
         self.video_dim = videos.dim
         wanted = set(self.video_ids)
         self.captions: list[list[str]] = [[] for _ in self.video_ids]  # cap ids per video, manifest order
+        self.truth_spans: dict[str, list[float] | None] = {}  # each caption's "ts" [start, end] s, if any
         position = {video_id: index for index, video_id in enumerate(self.video_ids)}
         for record in queries:
             if record["video_id"] in wanted:
                 self.captions[position[record["video_id"]]].append(record["cap_id"])
+                self.truth_spans[record["cap_id"]] = record.get("ts")
         self.query_dim = self.check_query_file()
         if use_subtitles:
             self.video_dim += self.check_subtitle_file()

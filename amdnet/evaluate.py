@@ -6,33 +6,41 @@ ranks and top-10 lists, `spans` the moments, so Evaluate measures exactly what t
 """
 from __future__ import annotations
 
+import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from amdnet.atomic import write_json_atomic, write_jsonl_atomic
+from amdnet.atomic import write_json_atomic, write_text_atomic
 from amdnet.config import FeatureFiles, resolve_device
 from amdnet.data import (
     VideoCaptionDataset,
     VideoInputs,
     collate_videos_with_captions,
     input_dims,
-    read_queries,
     to_device,
 )
 from amdnet.metrics import moment_metrics, ranks_from_scores, retrieval_metrics, temporal_iou, top_k_videos
 from amdnet.moments import clip_spans
 from models.checkpoints import ModelSource
 from models.configs import model_facts
-from models.registry import RetrievalModel, Rows, concat_rows, take_rows
+from models.registry import RetrievalModel, Rows, concat_rows, shared_rows, take_rows
 
 TOP_K_PREDICTIONS = 10
-# (query, video) pairs whose spans are computed at a time: each chunk gathers (pairs, N, d) video rows,
-# about 25 MB for AMDNet at d = 384, small enough to be reused by the allocator (a fresh block of
-# hundreds of MB per chunk costs more in page faults than the spans).
-SPAN_PAIRS_PER_CHUNK = 512
+
+
+@contextmanager
+def intra_op_threads(count: int):
+    """torch's intra-op threads set to `count` inside the block, restored after it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @dataclass
@@ -50,13 +58,28 @@ class EncodedSplit:
 
     def spans(self, model: RetrievalModel, rule: str, query_index: torch.Tensor,
               video_index: torch.Tensor) -> torch.Tensor:
-        """(P,) query and (P,) video indices -> (P, 2) [start, end] fractions of the video under `rule`,
-        SPAN_PAIRS_PER_CHUNK pairs at a time."""
-        chunks = [model.spans(self.queries[queries], take_rows(self.videos, videos),
-                              None if self.clip_spans is None else self.clip_spans[videos], rule)
-                  for queries, videos in zip(query_index.split(SPAN_PAIRS_PER_CHUNK),
-                                             video_index.split(SPAN_PAIRS_PER_CHUNK))]
-        return torch.cat(chunks) if chunks else torch.empty(0, 2, device=self.queries.device)
+        """(P,) query and (P,) video indices -> (P, 2) [start, end] fractions of the video under `rule`.
+
+        The pairs are taken video by video: a video's rows, shared by its pairs without a copy
+        (`shared_rows`), meet all its queries in one product (amdnet.moments.pair_cosines), where
+        gathering every pair's own copy of them would move (P, N, d) floats through memory twice.
+        """
+        order = torch.sort(video_index, stable=True).indices  # (P,) pairs grouped by video
+        videos, counts = torch.unique_consecutive(video_index[order], return_counts=True)
+        groups = self.queries[query_index[order]].split(counts.tolist())
+        # One thread: a video's products are small, and with more threads each of them waits for the
+        # others (milliseconds each on a busy machine, against tens of microseconds on one thread).
+        with intra_op_threads(1):
+            parts = [model.spans(queries, shared_rows(self.videos, video, len(queries)),
+                                 None if self.clip_spans is None else self.clip_spans[video].expand(len(queries), -1, -1),
+                                 rule)
+                     for video, queries in zip(videos.tolist(), groups)]
+        if not parts:
+            return torch.empty(0, 2, device=self.queries.device)
+        grouped = torch.cat(parts)  # (P, 2) in `order`
+        spans = torch.empty_like(grouped)
+        spans[order] = grouped
+        return spans
 
     def check_finite(self, source: str, dataset: VideoCaptionDataset):
         """Raises naming a video or caption whose representation holds NaN or inf (a broken model), so
@@ -149,13 +172,13 @@ def split_metrics(model: RetrievalModel, dataset: VideoCaptionDataset | Preloade
 
 @torch.no_grad()
 def moment_quality(model: RetrievalModel, encoded: EncodedSplit, dataset: VideoCaptionDataset,
-                   ranks: torch.Tensor, queries_path: Path) -> dict:
+                   ranks: torch.Tensor) -> dict:
     """VCMR metrics of every span rule of the model, over the queries with a ground-truth [start, end].
 
     A query's top-k holds one span per video, so it has a correct moment in its top k exactly when its
     own video is ranked <= k and that video's span has the IoU: only (query, own video) spans are needed.
     """
-    truth_by_cap = {record["cap_id"]: record["ts"] for record in read_queries(queries_path, dataset.split)}
+    truth_by_cap = dataset.truth_spans
     with_truth = [q for q, cap_id in enumerate(encoded.cap_ids) if truth_by_cap.get(cap_id) is not None]
     if not with_truth:
         return {"n_queries": 0}
@@ -173,21 +196,27 @@ def moment_quality(model: RetrievalModel, encoded: EncodedSplit, dataset: VideoC
 
 
 @torch.no_grad()
-def prediction_records(model: RetrievalModel, encoded: EncodedSplit, dataset: VideoCaptionDataset,
-                       ranks: list[int], top_videos: torch.Tensor, top_scores: torch.Tensor, span_rule: str):
-    """Yields one predictions.jsonl record per query; spans in seconds of the video."""
+def prediction_lines(model: RetrievalModel, encoded: EncodedSplit, video_ids: list[str], durations: list[float],
+                     ranks: list[int], top_videos: torch.Tensor, top_scores: torch.Tensor, span_rule: str):
+    """Yields one predictions.jsonl line per query, spans in seconds of the video (`durations` and
+    `video_ids` per video of the split):
+    {"cap_id", "video_id", "rank", "top10": [{"video_id", "score", "span": [start, end]}, ...]}.
+
+    Each line is the text json.dumps writes for that record (ids as JSON strings, floats as repr,
+    scores finite after check_finite), formatted directly: a split has Nq x 10 entries.
+    """
     num_queries, top_k = top_videos.shape
     query_index = torch.arange(num_queries, device=top_videos.device).repeat_interleave(top_k)  # (Nq*k,)
     fractions = encoded.spans(model, span_rule, query_index, top_videos.flatten()).double()  # (Nq*k, 2)
-    durations = torch.tensor(dataset.durations, dtype=torch.float64, device=fractions.device)  # (Nv,)
+    durations = torch.tensor(durations, dtype=torch.float64, device=fractions.device)  # (Nv,)
     seconds = (fractions * durations[top_videos.flatten()].unsqueeze(1)).view(num_queries, top_k, 2).tolist()
     relevant = encoded.relevant_video.tolist()
-    video_ids = dataset.video_ids
+    video_ids = [json.dumps(video_id) for video_id in video_ids]
     for query, (video_row, score_row, span_row) in enumerate(zip(top_videos.tolist(), top_scores.tolist(), seconds)):
-        top = [{"video_id": video_ids[video], "score": score, "span": span}
-               for video, score, span in zip(video_row, score_row, span_row)]
-        yield {"cap_id": encoded.cap_ids[query], "video_id": video_ids[relevant[query]], "rank": ranks[query],
-               "top10": top}
+        top = ", ".join(f'{{"video_id": {video_ids[video]}, "score": {score!r}, "span": [{start!r}, {end!r}]}}'
+                        for video, score, (start, end) in zip(video_row, score_row, span_row))
+        yield (f'{{"cap_id": {json.dumps(encoded.cap_ids[query])}, "video_id": {video_ids[relevant[query]]}, '
+               f'"rank": {ranks[query]}, "top10": [{top}]}}\n')
 
 
 def chosen_span_rule(source: ModelSource, span_rule: str | None) -> str:
@@ -221,9 +250,10 @@ def evaluate(source: ModelSource, files: FeatureFiles, queries_path: Path, split
     ranks, top_videos, top_scores = rank_split(model, encoded, chunk_size, TOP_K_PREDICTIONS)
     metrics = retrieval_metrics(ranks.cpu().numpy())
     metrics.update(n_queries=len(encoded.cap_ids), n_videos=len(dataset), split=split, span_rule=span_rule,
-                   moments=moment_quality(model, encoded, dataset, ranks, queries_path))
+                   moments=moment_quality(model, encoded, dataset, ranks))
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(out_dir / "predictions.jsonl", prediction_records(
-        model, encoded, dataset, ranks.cpu().tolist(), top_videos, top_scores, span_rule))
+    write_text_atomic(out_dir / "predictions.jsonl", "".join(prediction_lines(
+        model, encoded, dataset.video_ids, dataset.durations, ranks.cpu().tolist(), top_videos, top_scores,
+        span_rule)))
     write_json_atomic(out_dir / "metrics.json", metrics)
     return metrics

@@ -42,6 +42,18 @@ def uniform_clip_spans(map_size: int) -> torch.Tensor:
     return torch.stack([edges[:-1], edges[1:]], dim=1)
 
 
+def pair_cosines(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(P, d) queries and (P, M, d) rows -> (P, M): each query's dot product with its own pair's M rows.
+
+    When the P pairs share one video's rows (expanded from one, stride 0, as `evaluate` groups its
+    pairs by video), one (P, d) x (d, M) product gives them all, instead of P products that each read
+    the same rows. The two products may round the last bit differently.
+    """
+    if rows.shape[0] > 1 and rows.stride(0) == 0:
+        return queries @ rows[0].T  # (P, M)
+    return (rows @ queries.unsqueeze(-1)).squeeze(-1)  # (P, M)
+
+
 def moment_spans(rule: str, queries: torch.Tensor, clip_features: torch.Tensor, proposals: torch.Tensor,
                  centers: torch.Tensor, widths: torch.Tensor, *, clip_spans: torch.Tensor | None = None,
                  grow_fraction: float = GROW_FRACTION) -> torch.Tensor:
@@ -61,7 +73,7 @@ def moment_spans(rule: str, queries: torch.Tensor, clip_features: torch.Tensor, 
     if clip_spans is None:
         clip_spans = uniform_clip_spans(num_clips)
     clip_spans = clip_spans.to(queries.device).expand(num_pairs, num_clips, 2)  # (P, N, 2)
-    cosines = (clip_features @ queries.unsqueeze(-1)).squeeze(-1)  # (P, N)
+    cosines = pair_cosines(queries, clip_features)  # (P, N)
     best = cosines.argmax(dim=1)  # (P,)
     if rule == "best_clip":
         first = last = best
@@ -75,7 +87,7 @@ def moment_spans(rule: str, queries: torch.Tensor, clip_features: torch.Tensor, 
 def anchor_spans(queries: torch.Tensor, proposals: torch.Tensor, centers: torch.Tensor,
                  widths: torch.Tensor) -> torch.Tensor:
     """(P, 2): centre +- width / 2 of the moment whose proposal has the highest cosine, clamped to [0, 1]."""
-    similarity = (proposals @ queries.unsqueeze(-1)).squeeze(-1)  # (P, K)
+    similarity = pair_cosines(queries, proposals)  # (P, K)
     moment = similarity.argmax(dim=1, keepdim=True)  # (P, 1)
     center = centers.gather(1, moment).squeeze(1)  # (P,)
     width = widths.gather(1, moment).squeeze(1)  # (P,)

@@ -6,7 +6,6 @@ import logging
 import math
 import random
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from amdnet.data import (
     input_dims,
     to_device,
 )
-from amdnet.evaluate import PreloadedSplit, split_metrics
+from amdnet.evaluate import PreloadedSplit, intra_op_threads, split_metrics
 from amdnet.metrics import format_metrics
 from amdnet.optim import BertAdam, warmup_linear_factor
 from models.checkpoints import ModelSource, save_checkpoint
@@ -47,16 +46,6 @@ class TrainingState:
     epochs_without_improvement: int = 0
     stopped_early: bool = False
     history: list = field(default_factory=list)  # one log.jsonl record per completed epoch
-
-
-@contextmanager
-def intra_op_threads(count: int):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def seed_everything(seed: int):

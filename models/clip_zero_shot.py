@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from amdnet.moments import pair_cosines
 from models.configs import ClipZeroShotConfig
 from models.inputs import video_frames
 from models.registry import RetrievalModel, Rows, register_model, score_in_chunks
@@ -91,6 +92,6 @@ class ClipZeroShot(RetrievalModel):
         self.check_rule(rule)
         if rule == "whole":
             return torch.tensor([0.0, 1.0], device=queries.device).expand(queries.shape[0], 2).clone()
-        cosines = torch.einsum("pd,pwd->pw", queries, videos["windows"])  # (P, W)
+        cosines = pair_cosines(queries, videos["windows"])  # (P, W)
         best = cosines.masked_fill(~videos["window_valid"], float("-inf")).argmax(dim=1)  # (P,)
         return videos["window_spans"][torch.arange(len(best), device=best.device), best]  # (P, 2)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from amdnet.losses import info_nce_loss
 from amdnet.model import AMDNet, AttentionSubLayer, FeatureProjection
-from amdnet.moments import uniform_clip_spans
+from amdnet.moments import pair_cosines, uniform_clip_spans
 from models.configs import MSSLConfig
 from models.inputs import l2_normalize, query_tokens, video_frames
 from models.layers import PositionalEncoding, TokenQueryEncoder
@@ -170,7 +170,7 @@ class MSSL(RetrievalModel):
         if clip_spans is None:
             clip_spans = uniform_clip_spans(n_clips)
         clip_spans = clip_spans.to(queries.device).expand(n_pairs, n_clips, 2)  # (P, N, 2)
-        per_clip = torch.einsum("pd,pnd->pn", queries, videos["clip_features"])  # (P, N)
+        per_clip = pair_cosines(queries, videos["clip_features"])  # (P, N)
         cosines = self.proposal_cosines(per_clip, videos["proposal_norms"])  # (P, proposals)
         first, last = self.proposal_bounds[cosines.argmax(dim=-1)].unbind(-1)  # (P,) each
         pairs = torch.arange(n_pairs, device=queries.device)

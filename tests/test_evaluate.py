@@ -8,7 +8,7 @@ import torch
 from amdnet import TrainConfig
 from amdnet.evaluate import evaluate
 from amdnet.data import VideoCaptionDataset, VideoInputs, bin_clips
-from amdnet.evaluate import encode_split, rank_split
+from amdnet.evaluate import EncodedSplit, encode_split, prediction_lines, rank_split
 from amdnet.moments import SPAN_RULES
 from amdnet.synthetic import SAMPLE_FPS, SyntheticCorpusSpec, write_synthetic_corpus
 from models import create_model
@@ -212,3 +212,25 @@ def test_unknown_span_rule_is_refused_before_any_work(corpus, tmp_path):
     source = ModelSource("amdnet", {}, "pooled", False, str(tmp_path / "missing.pt"))
     with pytest.raises(ValueError, match="model 'amdnet' has no span rule 'middle'; choose one of grown, "):
         evaluate(source, files, queries_path, "test", tmp_path, span_rule="middle")
+
+
+def test_prediction_lines_are_what_json_dumps_writes_for_their_records():
+    """predictions.jsonl is formatted directly (no json.dumps per record): ids that need escaping and
+    float scores and spans come out as json.dumps writes them."""
+    torch.manual_seed(0)
+    model = create_model("amdnet", 16, 12, **MODEL).eval()
+    with torch.no_grad():
+        videos = model.represent_videos({"clips": torch.randn(3, MAP_SIZE, 16)})
+        queries = model.represent_queries({"queries": torch.randn(2, 12)})
+    cap_ids, video_ids = ['cap "1"', "cap\\2\n"], ["vid\u00e9o", 'v"1', "v\t2"]
+    encoded = EncodedSplit(queries, torch.tensor([0, 2]), cap_ids, videos, None)
+    ranks, top_videos, top_scores = rank_split(model, encoded, chunk_size=4, top_k=3)
+    lines = list(prediction_lines(model, encoded, video_ids, [10.0, 20.5, 3.25], ranks.tolist(), top_videos,
+                                  top_scores, "grown"))
+    assert len(lines) == 2
+    for line, cap_id, own_video in zip(lines, cap_ids, [0, 2]):
+        record = json.loads(line)
+        assert line == json.dumps(record) + "\n"
+        assert record["cap_id"] == cap_id and record["video_id"] == video_ids[own_video]
+        assert sorted(entry["video_id"] for entry in record["top10"]) == sorted(video_ids)
+        assert all(0 <= entry["span"][0] < entry["span"][1] for entry in record["top10"])
