@@ -441,7 +441,7 @@ class ExportBundle(Stage):
 
         collection = self.config["features"]["collection"] or self.config["name"]
         files = _feature_files(self)
-        return export_bundle(files.video, files.query, read_jsonl(self.upstream_dir("dataset") / "queries.jsonl"),
+        return export_bundle(files.video, files.query, self.upstream_dir("dataset") / "queries.jsonl",
                              BundleLayout(out_dir / collection, collection))
 
 

@@ -12,6 +12,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterable
 
 # Less free space than this after a failed write means the write failed for want of space.
 _FULL_BELOW_BYTES = 1 << 20
@@ -56,5 +57,11 @@ def write_json_atomic(path: Path, value):
     write_text_atomic(path, json.dumps(value, indent=2, default=str) + "\n")
 
 
-def write_jsonl_atomic(path: Path, records):
-    write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in records))
+def write_lines_atomic(path: Path, pieces: Iterable[str]):
+    """The concatenation of ``pieces``, written as they come: the text is never held whole."""
+    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as file:
+        file.writelines(pieces)
+
+
+def write_jsonl_atomic(path: Path, records: Iterable):
+    write_lines_atomic(path, (json.dumps(record) + "\n" for record in records))

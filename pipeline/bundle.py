@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import ast
 import ctypes
+import json
 import logging
 import math
 import os
 from contextlib import contextmanager
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple, TypeVar
@@ -28,7 +30,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, TypeVar
 import h5py
 import numpy as np
 
-from amdnet.atomic import atomic_path, write_jsonl_atomic, write_text_atomic
+from amdnet.atomic import atomic_path, write_jsonl_atomic, write_lines_atomic, write_text_atomic
 from pipeline.datasets import SPLITS, AnnotationError
 from pipeline.paths import confined, opaque_name, plain_name
 from pipeline.text_files import text_lines
@@ -129,13 +131,17 @@ class BigFileRows:
     index_of: dict[str, int]
     folder: Path
 
-    def video(self, video_id: str, row_ids: list[str]) -> np.ndarray:
-        """(T, D) rows of one video, in video2frames order."""
+    def positions(self, video_id: str, row_ids: list[str]) -> list[int]:
+        """The positions in the matrix of one video's rows, in video2frames order."""
         unknown = [row for row in row_ids if row not in self.index_of]
         if unknown:
             raise BundleError(f"{self.folder / 'video2frames.txt'}: video {video_id!r} lists row {unknown[0]!r}, "
                               f"which is not in id.txt")
-        return np.asarray(self.matrix[[self.index_of[row] for row in row_ids]])
+        return [self.index_of[row] for row in row_ids]
+
+    def read(self, positions: np.ndarray) -> np.ndarray:
+        """(len(positions), D) float32: the rows at ``positions``, gathered into one array."""
+        return np.asarray(self.matrix[positions])
 
 
 class BigFileWriter:
@@ -167,22 +173,59 @@ def bigfile_writer(folder: Path) -> Iterator[BigFileWriter]:
     with atomic_path(folder / "feature.bin") as temporary, open(temporary, "wb") as binary:
         writer = BigFileWriter(binary)
         yield writer
-    row_ids = {video_id: [f"{video_id}_{index}" for index in range(count)] for video_id, count in writer.rows.items()}
-    write_text_atomic(folder / "id.txt", " ".join(row for rows in row_ids.values() for row in rows) + "\n")
-    write_text_atomic(folder / "video2frames.txt", repr(row_ids) + "\n")
+    # Written a video at a time: TVR's 1.2M row ids as Python strings would take about 100 MB.
+    write_lines_atomic(folder / "id.txt", _id_txt(writer.rows))
+    write_lines_atomic(folder / "video2frames.txt", _video2frames_txt(writer.rows))
     write_text_atomic(folder / "shape.txt", f"{sum(writer.rows.values())} {writer.dim}\n")
+
+
+def _row_ids(video_id: str, count: int) -> list[str]:
+    return [f"{video_id}_{index}" for index in range(count)]
+
+
+def _id_txt(rows: dict[str, int]) -> Iterator[str]:
+    """id.txt in pieces: every video's row ids in order, one space apart, then a newline."""
+    separator = ""
+    for video_id, count in rows.items():
+        if count:
+            yield separator + " ".join(_row_ids(video_id, count))
+            separator = " "
+    yield "\n"
+
+
+def _video2frames_txt(rows: dict[str, int]) -> Iterator[str]:
+    """video2frames.txt in pieces: ``repr`` of the dict video id -> its row ids, then a newline."""
+    yield "{"
+    for position, (video_id, count) in enumerate(rows.items()):
+        yield f"{', ' if position else ''}{video_id!r}: {_row_ids(video_id, count)!r}"
+    yield "}\n"
 
 
 # ---- import ------------------------------------------------------------------------------------------
 
 
+class BundleQuery(NamedTuple):
+    """A query of a bundle's caption file: a tuple, as 98k dicts (about 80 MB) would double what the
+    queries of a TVR import hold while its feature batches are in memory."""
+
+    cap_id: str
+    video_id: str  # the cap_id before its first '#'
+    text: str
+    split: str
+
+    def record(self) -> dict:
+        """The query as queries.jsonl lists it (the bundle has no times)."""
+        return {"cap_id": self.cap_id, "video_id": self.video_id, "text": self.text, "ts": None, "split": self.split}
+
+
 def read_caption_file(path: Path, split: str) -> list[dict]:
     """Queries of one caption file: ``cap_id caption`` per line, video id = cap_id before the first '#'."""
-    return [query for _, query in _caption_lines(path, split)]
+    return [query.record() for _, query in _caption_lines(path, split, {})]
 
 
-def _caption_lines(path: Path, split: str) -> list[tuple[int, dict]]:
-    """``read_caption_file`` with the line of each query."""
+def _caption_lines(path: Path, split: str, video_ids: dict[str, str]) -> list[tuple[int, BundleQuery]]:
+    """``read_caption_file`` with the line of each query; ``video_ids`` gives (and gets) one string per
+    video id, which its queries share."""
     queries, seen = [], {}
     for line_no, line in enumerate(text_lines(path, AnnotationError), start=1):
         if not line.strip():
@@ -193,31 +236,34 @@ def _caption_lines(path: Path, split: str) -> list[tuple[int, dict]]:
         if cap_id in seen:
             raise AnnotationError(f"{path}:{line_no}: duplicate caption id {cap_id} (first at line {seen[cap_id]})")
         seen[cap_id] = line_no
-        queries.append((line_no, {"cap_id": cap_id, "video_id": cap_id.split("#", 1)[0], "text": text.strip(),
-                                   "ts": None, "split": split}))
+        video_id = cap_id.split("#", 1)[0]
+        queries.append((line_no, BundleQuery(cap_id, video_ids.setdefault(video_id, video_id), text.strip(), split)))
     return queries
 
 
-def _read_captions(layout: "BundleLayout") -> list[dict]:
+def _read_captions(layout: "BundleLayout") -> list[BundleQuery]:
     """The queries of every split's caption file. A caption id in two files (TVR's and Charades' val
     and test are one file) must carry the same text in both: it is one query listed in two splits."""
-    queries: list[dict] = []
-    first: dict[str, tuple[str, dict]] = {}  # cap_id -> (file:line, query) where it first appears
+    queries: list[BundleQuery] = []
+    first: dict[str, tuple[int, int]] = {}  # cap_id -> (its first query's index in queries, its line)
+    video_ids: dict[str, str] = {}
     for split in SPLITS:
         path = layout.captions(split)
-        for line_no, query in _caption_lines(path, split):
-            where, earlier = f"{path}:{line_no}", first.get(query["cap_id"])
-            if earlier is not None and earlier[1]["text"] != query["text"]:
-                raise AnnotationError(f"{where}: caption id {query['cap_id']} is also at {earlier[0]} with another "
+        for line_no, query in _caption_lines(path, split, video_ids):
+            earlier = first.get(query.cap_id)
+            if earlier is None:
+                first[query.cap_id] = (len(queries), line_no)
+            elif queries[earlier[0]].text != query.text:
+                where = f"{layout.captions(queries[earlier[0]].split)}:{earlier[1]}"
+                raise AnnotationError(f"{path}:{line_no}: caption id {query.cap_id} is also at {where} with another "
                                       f"text")
-            first.setdefault(query["cap_id"], (where, query))
             queries.append(query)
     return queries
 
 
-def _one_per_caption(queries: list[dict]) -> list[dict]:
+def _one_per_caption(queries: list[BundleQuery]) -> list[BundleQuery]:
     """The first of the queries listed under one caption id in several splits (its features are one)."""
-    return list({query["cap_id"]: query for query in reversed(queries)}.values())[::-1]
+    return list({query.cap_id: query for query in reversed(queries)}.values())[::-1]
 
 
 def _short_caption_key(cap_id: str) -> str:
@@ -234,23 +280,23 @@ def import_bundle(layout: BundleLayout, out_dir: Path, rows_per_second: float, a
     layout.check_present()
     queries = _read_captions(layout)
     with _VideoSource(layout) as videos, KeyedH5(layout.query_file) as query_file:
-        missing_videos = sorted({q["video_id"] for q in queries} - videos.ids)
-        query_keys = {q["cap_id"]: _query_key(query_file.keys, q["cap_id"]) for q in queries}
+        missing_videos = sorted({q.video_id for q in queries} - videos.ids)
+        query_keys = {q.cap_id: _query_key(query_file.keys, q.cap_id) for q in queries}
         missing_captions = sorted(cap_id for cap_id, key in query_keys.items() if key is None)
-        kept = [q for q in queries if q["video_id"] in videos.ids and query_keys[q["cap_id"]] is not None]
+        kept = [q for q in queries if q.video_id in videos.ids and query_keys[q.cap_id] is not None]
         _check_splits_filled(kept, layout)
-        video_ids = list(dict.fromkeys(q["video_id"] for q in kept))
+        video_ids = list(dict.fromkeys(q.video_id for q in kept))
         video_rows = _write_videos(videos, video_ids, out_dir / "video_features.h5", rows_per_second,
                                    {**attrs, "backbone": f"bundle:{layout.video}", "fps": rows_per_second})
         _write_queries(query_file, layout, _one_per_caption(kept), query_keys, out_dir / "query_features.h5", attrs)
-    write_jsonl_atomic(out_dir / "queries.jsonl", kept)
+    write_jsonl_atomic(out_dir / "queries.jsonl", (query.record() for query in kept))
     splits: dict[str, set[str]] = {}
     for query in kept:
-        splits.setdefault(query["video_id"], set()).add(query["split"])
+        splits.setdefault(query.video_id, set()).add(query.split)
     source = str(layout.video_source)
-    write_jsonl_atomic(out_dir / "videos.jsonl", [  # a video in val and test is listed under test, as datasets do
+    write_jsonl_atomic(out_dir / "videos.jsonl", (  # a video in val and test is listed under test, as datasets do
         {"video_id": video_id, "path": source, "duration": video_rows[video_id] / rows_per_second,
-         "split": "test" if "test" in splits[video_id] else min(splits[video_id])} for video_id in video_ids])
+         "split": "test" if "test" in splits[video_id] else min(splits[video_id])} for video_id in video_ids))
     for what, ids in (("videos without features", missing_videos), ("captions without features", missing_captions)):
         if ids:
             log.warning("feature bundle %s: %d %s left out (e.g. %s)", layout.root, len(ids), what, ids[0])
@@ -265,8 +311,8 @@ def _query_key(keys: set[str], cap_id: str) -> str | None:
     return None
 
 
-def _check_splits_filled(kept: list[dict], layout: BundleLayout) -> None:
-    empty = [split for split in SPLITS if not any(q["split"] == split for q in kept)]
+def _check_splits_filled(kept: list[BundleQuery], layout: BundleLayout) -> None:
+    empty = [split for split in SPLITS if not any(q.split == split for q in kept)]
     if empty:
         raise BundleError(f"feature bundle {layout.root}: no caption of split(s) {', '.join(empty)} has both video "
                           f"features in {layout.video_source} and query features in {layout.query_file}")
@@ -292,6 +338,7 @@ class _Hdf5Calls:
                       "H5Sget_simple_extent_dims": (ctypes.c_int, [hid, ctypes.c_void_p, ctypes.c_void_p]),
                       "H5Sclose": (herr, [hid]), "H5Tequal": (ctypes.c_int, [hid, hid]), "H5Tclose": (herr, [hid]),
                       "H5Dcreate2": (hid, [hid, ctypes.c_char_p, hid, hid, hid, hid, hid]),
+                      "H5Pset_evict_on_close": (herr, [hid, ctypes.c_bool]),
                       "H5Dwrite": (herr, [hid, hid, hid, hid, hid, ctypes.c_void_p])}
         for name, (restype, argtypes) in signatures.items():
             function = getattr(lib, name)
@@ -319,11 +366,16 @@ class KeyedH5:
     into the array that gathers a batch of them (``read_rows``), else through HDF5's own read. Both
     give the same array: the stored values in the stored dtype (``read``), or cast to float32
     (``read_rows``).
+
+    The file is opened with evict-on-close: a dataset's object header leaves HDF5's metadata cache
+    when ``locate`` closes it. Each is opened once, so keeping it gains nothing, and the cache (it
+    counts a header's bytes on disk, about a tenth of what the decoded header takes) would otherwise
+    hold some 30k of them, about 120 MB.
     """
 
     def __init__(self, path: Path):
         self.path = path
-        self._file = h5py.File(path, "r")
+        self._file = _open_evicting(path)
         self._file_id = self._file.id.id  # the HDF5 handle, for ``_Hdf5Calls``
         self._fd = os.open(path, os.O_RDONLY)
         self.keys = set(self._file)  # listed once: a lookup per caption would cost an HDF5 call each
@@ -406,6 +458,17 @@ class KeyedH5:
         return seen.dtype
 
 
+def _open_evicting(path: Path) -> h5py.File:
+    """``path`` opened read-only, its objects evicted from the metadata cache when closed."""
+    access = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    if _hdf5_calls().H5Pset_evict_on_close(access.id, True) < 0:
+        raise RuntimeError("HDF5 refused the evict-on-close file access property")
+    try:
+        return h5py.File(h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY, fapl=access))
+    except OSError:  # open in this process without it (HDF5 refuses a second value), or no HDF5 file:
+        return h5py.File(path, "r")  # then opened as before, which reports the latter as it always did
+
+
 class StoredArray(NamedTuple):
     """Where a dataset of a ``KeyedH5`` file is: its bytes at ``offset`` in the file, or (None) behind
     ``dataset``, read through HDF5."""
@@ -464,16 +527,17 @@ class _VideoSource:
             return self._file.locate(video_id).shape
         return len(self.video2frames[video_id]), self.rows.matrix.shape[1]
 
-    def batches(self, video_ids: list[str], dim: int) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
-        """(ids, rows (R, D) float32, T per video) of ``video_ids`` in their order, about
-        ``_IMPORT_BATCH_BYTES`` at a time; each video's shape is checked: (T, D), T > 0, D = ``dim``."""
+    def batches(self, video_ids: list[str], dim: int) -> Iterator["_VideoBatch"]:
+        """``video_ids`` in their order, about ``_IMPORT_BATCH_BYTES`` at a time, unread; each video's
+        shape is checked: (T, D), T > 0, D = ``dim``."""
         source = self.layout.video_source  # resolved once: it is only named in errors
         if self._file is None:
             for ids in _import_batches(video_ids, lambda video_id: len(self.video2frames[video_id]) * dim * 4):
-                parts = [self.rows.video(video_id, self.video2frames[video_id]) for video_id in ids]
-                for video_id, part in zip(ids, parts):
-                    _check_shape(part.shape, 2, dim, source, "video", video_id)
-                yield ids, np.concatenate(parts).astype(np.float32, copy=False), np.array([len(part) for part in parts])
+                positions = [self.rows.positions(video_id, self.video2frames[video_id]) for video_id in ids]
+                for video_id, rows in zip(ids, positions):
+                    _check_shape((len(rows), dim), 2, dim, source, "video", video_id)
+                every = np.array([position for rows in positions for position in rows], np.int64)  # (R,)
+                yield _VideoBatch(ids, np.array([len(rows) for rows in positions]), partial(self.rows.read, every))
             return
 
         def located(video_id: str) -> StoredArray:
@@ -482,8 +546,17 @@ class _VideoSource:
             return stored
 
         for batch in _import_batches(map(located, video_ids), _float32_bytes):
-            yield ([stored.key for stored in batch], self._file.read_rows(batch, dim),
-                   np.array([stored.shape[0] for stored in batch]))
+            yield _VideoBatch([stored.key for stored in batch], np.array([stored.shape[0] for stored in batch]),
+                              partial(self._file.read_rows, batch, dim))
+
+
+class _VideoBatch(NamedTuple):
+    """Videos imported together, not read yet: reading is left to the code that writes them, so that
+    no batch's rows outlive its write (see ``_write_video_batch``)."""
+
+    ids: list[str]
+    lengths: np.ndarray  # (n,) T per video
+    read: Callable[[], np.ndarray]  # () -> (R, D) float32, the videos' rows one after another
 
 
 def _write_videos(videos: _VideoSource, video_ids: list[str], path: Path, rows_per_second: float,
@@ -495,22 +568,29 @@ def _write_videos(videos: _VideoSource, video_ids: list[str], path: Path, rows_p
         for video_id in video_ids:
             if writer.done(video_id):  # written before an interruption
                 rows[video_id] = videos.shape(video_id)[0]
-        for ids, features, lengths in videos.batches([v for v in video_ids if not writer.done(v)], dim):
-            row_in_video = np.arange(len(features)) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # (R,)
-            writer.write_many(ids, features, lengths, entry_columns={"duration": lengths / rows_per_second},
-                              row_columns={"timestamps": (row_in_video + 0.5) / rows_per_second})
-            rows.update(zip(ids, lengths.tolist()))
+        for batch in videos.batches([v for v in video_ids if not writer.done(v)], dim):
+            _write_video_batch(writer, batch, rows_per_second)
+            rows.update(zip(batch.ids, batch.lengths.tolist()))
         writer.finish()
     return rows
 
 
-def _write_queries(query_file: KeyedH5, layout: BundleLayout, queries: list[dict], keys: dict[str, str],
+def _write_video_batch(writer: FeatureWriter, batch: _VideoBatch, rows_per_second: float) -> None:
+    """Reads a batch and hands it to the writer. A batch is at least ``_IMPORT_BATCH_BYTES``, which
+    the writer commits at once, so its rows are freed when this returns, before the next is read."""
+    features, lengths = batch.read(), batch.lengths  # (R, D), (n,)
+    row_in_video = np.arange(len(features)) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # (R,)
+    writer.write_many(batch.ids, features, lengths, entry_columns={"duration": lengths / rows_per_second},
+                      row_columns={"timestamps": (row_in_video + 0.5) / rows_per_second})
+
+
+def _write_queries(query_file: KeyedH5, layout: BundleLayout, queries: list[BundleQuery], keys: dict[str, str],
                    path: Path, attrs: dict) -> None:
     """tokens/<cap_id> (L, D) and pooled/<cap_id> (D,): RoBERTa tokens are mean-pooled; a CLIP vector
     is its own pooled vector and a one-token sequence."""
     ndim = 2 if layout.query == "roberta" else 1
     layer = -2 if layout.query == "roberta" else -1
-    dim = query_file.locate(keys[queries[0]["cap_id"]]).shape[-1]
+    dim = query_file.locate(keys[queries[0].cap_id]).shape[-1]
     source = layout.query_file  # resolved once: it is only named in errors
 
     def located(cap_id: str) -> tuple[str, StoredArray]:
@@ -522,18 +602,25 @@ def _write_queries(query_file: KeyedH5, layout: BundleLayout, queries: list[dict
 
     with FeatureWriter(path, {**attrs, "model": f"bundle:{layout.query}", "dim": dim, "layer": layer},
                        groups=QUERY_GROUPS) as writer:
-        todo = [query["cap_id"] for query in queries if not writer.done(query["cap_id"])]
+        todo = [query.cap_id for query in queries if not writer.done(query.cap_id)]
         for batch in _import_batches(map(located, todo), lambda item: _float32_bytes(item[1])):
-            ids, stored = [cap_id for cap_id, _ in batch], [stored for _, stored in batch]
-            tokens = query_file.read_rows(stored, dim)  # (R, D), a caption's L rows after another's
-            lengths = np.array([stored.shape[0] if ndim == 2 else 1 for stored in stored])
-            writer.write_many(ids, tokens, lengths, group="tokens")
-            if ndim == 1:  # the mean of one token, as ``mean`` computes it (0 + x, so -0.0 becomes 0.0)
-                pooled = tokens + np.float32(0)
-            else:
-                pooled = np.stack([caption.mean(axis=0) for caption in np.split(tokens, np.cumsum(lengths)[:-1])])
-            writer.write_many(ids, pooled, group="pooled")  # (n, D)
+            _write_query_batch(writer, query_file, batch, ndim, dim)
         writer.finish()
+
+
+def _write_query_batch(writer: FeatureWriter, query_file: KeyedH5, batch: list[tuple[str, "StoredArray"]], ndim: int,
+                       dim: int) -> None:
+    """Reads a batch of captions and hands both groups to the writer, which commits them at once (as
+    ``_write_video_batch``): the arrays are freed when this returns, before the next batch is read."""
+    ids, stored = [cap_id for cap_id, _ in batch], [stored for _, stored in batch]
+    tokens = query_file.read_rows(stored, dim)  # (R, D), a caption's L rows after another's
+    lengths = np.array([stored.shape[0] if ndim == 2 else 1 for stored in stored])
+    writer.write_many(ids, tokens, lengths, group="tokens")
+    if ndim == 1:  # the mean of one token, as ``mean`` computes it (0 + x, so -0.0 becomes 0.0)
+        pooled = tokens + np.float32(0)
+    else:
+        pooled = np.stack([caption.mean(axis=0) for caption in np.split(tokens, np.cumsum(lengths)[:-1])])
+    writer.write_many(ids, pooled, group="pooled")  # (n, D)
 
 
 def _check_shape(shape: tuple[int, ...], ndim: int, dim: int, source: Path, what: str, key: str) -> None:
@@ -548,23 +635,38 @@ def _check_shape(shape: tuple[int, ...], ndim: int, dim: int, source: Path, what
 # ---- export ------------------------------------------------------------------------------------------
 
 
-def bundle_caption_ids(queries: list[dict]) -> dict[str, str]:
+def bundle_caption_ids(queries: list[BundleQuery]) -> dict[str, str]:
     """Our cap_id -> the bundle's ``<video_id>#enc#<k>`` (k counts a video's captions in manifest order);
     the reference code reads the video id from the caption id, so ids such as TVR's desc_id are renamed.
     A query listed in two splits (val and test from one file) keeps one id."""
     per_video: dict[str, int] = {}
     renamed = {}
     for query in queries:
-        if query["cap_id"] in renamed:
+        if query.cap_id in renamed:
             continue
-        k = per_video.get(query["video_id"], 0)
-        per_video[query["video_id"]] = k + 1
-        renamed[query["cap_id"]] = f"{query['video_id']}#enc#{k}"
+        k = per_video.get(query.video_id, 0)
+        per_video[query.video_id] = k + 1
+        renamed[query.cap_id] = f"{query.video_id}#enc#{k}"
     return renamed
 
 
-def export_bundle(video_features: Path, query_features: Path, queries: list[dict], layout: BundleLayout) -> dict:
-    """Writes caption files, both query HDF5 files, the CLIP-named video HDF5 and a BigFile folder.
+def read_export_queries(path: Path) -> list[BundleQuery]:
+    """The queries of a queries.jsonl we wrote, as export uses them; a video id's and a split's string
+    is shared by their queries."""
+    shared: dict[str, str] = {}
+    queries = []
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            if line.strip():
+                record = json.loads(line)
+                queries.append(BundleQuery(record["cap_id"], shared.setdefault(record["video_id"], record["video_id"]),
+                                           record["text"], shared.setdefault(record["split"], record["split"])))
+    return queries
+
+
+def export_bundle(video_features: Path, query_features: Path, queries_file: Path, layout: BundleLayout) -> dict:
+    """Writes caption files, both query HDF5 files, the CLIP-named video HDF5 and a BigFile folder from
+    the feature files and the queries of ``queries_file`` (a queries.jsonl).
 
     File names are those the reference code opens, whatever encoder made the features (the HDF5
     attributes keep the real model names). Queries whose video or caption has no features are left out,
@@ -574,33 +676,33 @@ def export_bundle(video_features: Path, query_features: Path, queries: list[dict
     text_dir, feature_dir = layout.root / "TextData", layout.root / "FeatureData"
     text_dir.mkdir(parents=True, exist_ok=True)
     feature_dir.mkdir(parents=True, exist_ok=True)
+    queries = read_export_queries(queries_file)
     with FeatureFile(video_features) as video_file, FeatureFile(query_features) as query_file:
         video_group, tokens, pooled = video_file.group(), query_file.group("tokens"), query_file.group("pooled")
-        exportable = {video_id: _exportable_id(video_id) for video_id in {q["video_id"] for q in queries}}
+        exportable = {video_id: _exportable_id(video_id) for video_id in {q.video_id for q in queries}}
         unexportable = sorted(video_id for video_id, ok in exportable.items() if not ok)
-        kept = [q for q in queries if exportable[q["video_id"]] and q["video_id"] in video_group
-                and q["cap_id"] in pooled]
+        kept = [q for q in queries if exportable[q.video_id] and q.video_id in video_group and q.cap_id in pooled]
         renamed, captions = bundle_caption_ids(kept), _one_per_caption(kept)
         _check_one_query_per_id(kept)
         for split in SPLITS:
-            lines = [f"{renamed[q['cap_id']]} {' '.join(q['text'].split())}\n" for q in kept if q["split"] == split]
-            write_text_atomic(layout.captions(split), "".join(lines))
-        roberta = BundleLayout(layout.root, layout.collection, query="roberta").query_file
-        clip = BundleLayout(layout.root, layout.collection, query="clip").query_file
-        caption_ids = [q["cap_id"] for q in captions]
+            write_lines_atomic(layout.captions(split), (f"{renamed[q.cap_id]} {' '.join(q.text.split())}\n"
+                                                        for q in kept if q.split == split))
+        caption_ids = [q.cap_id for q in captions]
         bundle_ids = [renamed[cap_id] for cap_id in caption_ids]
-        write_keyed_h5(roberta, zip(bundle_ids, (array for _, array in _in_batches(tokens, caption_ids))),
-                       query_file.attrs)
-        write_keyed_h5(clip, zip(bundle_ids, (array for _, array in _in_batches(pooled, caption_ids))),
-                       query_file.attrs)
-        video_ids = list(dict.fromkeys(q["video_id"] for q in kept))
+        for query, group in (("roberta", tokens), ("clip", pooled)):
+            with keyed_h5_writer(BundleLayout(layout.root, layout.collection, query=query).query_file,
+                                 query_file.attrs) as writer:
+                _export_entries(group, caption_ids, lambda i, entry: writer.write(bundle_ids[i], entry))
+        video_ids = list(dict.fromkeys(q.video_id for q in kept))
         # One pass over the videos writes both video layouts, a batch of them in memory at a time.
         with keyed_h5_writer(BundleLayout(layout.root, layout.collection).video_source, video_file.attrs) as keyed, \
                 bigfile_writer(feature_dir / EXPORTED_BIGFILE) as bigfile:
-            for video_id, features in _in_batches(video_group, video_ids):
-                keyed.write(video_id, features)
-                bigfile.write(video_id, features)
-    write_text_atomic(text_dir / "cap_ids.tsv", "".join(f"{ours}\t{theirs}\n" for ours, theirs in renamed.items()))
+            def write_video(i: int, features: np.ndarray) -> None:
+                keyed.write(video_ids[i], features)
+                bigfile.write(video_ids[i], features)
+
+            _export_entries(video_group, video_ids, write_video)
+    write_lines_atomic(text_dir / "cap_ids.tsv", (f"{ours}\t{theirs}\n" for ours, theirs in renamed.items()))
     if unexportable:
         log.warning("bundle export: %d video id(s) the reference format cannot hold left out (e.g. %r)",
                     len(unexportable), unexportable[0])
@@ -612,21 +714,32 @@ def export_bundle(video_features: Path, query_features: Path, queries: list[dict
 _EXPORT_BATCH_BYTES = 64 << 20
 
 
-def _in_batches(group: RaggedGroup, entry_ids: list[str]) -> Iterator[tuple[str, np.ndarray]]:
-    """(id, entry) of ``entry_ids``, gathered about ``_EXPORT_BATCH_BYTES`` at a time (by the mean entry)."""
+def _export_entries(group: RaggedGroup, entry_ids: list[str], write: Callable[[int, np.ndarray], None]) -> None:
+    """``write(i, entry)`` for each ``entry_ids[i]`` in order, the entries gathered about
+    ``_EXPORT_BATCH_BYTES`` at a time (by the mean entry)."""
     row_bytes = group.dtype.itemsize * math.prod(group.row_shape)
     entry_bytes = max(1, row_bytes * int(group.offsets[-1]) // max(1, len(group)))
-    return group.iterate(entry_ids, batch_entries=max(1, _EXPORT_BATCH_BYTES // entry_bytes))
+    per_batch = max(1, _EXPORT_BATCH_BYTES // entry_bytes)
+    for start in range(0, len(entry_ids), per_batch):
+        _export_batch(group, entry_ids[start:start + per_batch], start, write)
 
 
-def _check_one_query_per_id(queries: list[dict]) -> None:
+def _export_batch(group: RaggedGroup, entry_ids: list[str], first: int,
+                  write: Callable[[int, np.ndarray], None]) -> None:
+    """One batch: its entries are views of one block read, freed when this returns, so a batch is
+    never read while the one before is still held."""
+    for i, entry in enumerate(group.gather(entry_ids), start=first):
+        write(i, entry)
+
+
+def _check_one_query_per_id(queries: list[BundleQuery]) -> None:
     """A caption id listed in several splits must be one query (same video, same text) in all of them."""
-    first: dict[str, dict] = {}
+    first: dict[str, BundleQuery] = {}
     for query in queries:
-        earlier = first.setdefault(query["cap_id"], query)
-        if (earlier["video_id"], earlier["text"]) != (query["video_id"], query["text"]):
-            raise BundleError(f"query id {query['cap_id']} is in split {earlier['split']} (video {earlier['video_id']}) "
-                              f"and in split {query['split']} (video {query['video_id']}) with another video or text")
+        earlier = first.setdefault(query.cap_id, query)
+        if (earlier.video_id, earlier.text) != (query.video_id, query.text):
+            raise BundleError(f"query id {query.cap_id} is in split {earlier.split} (video {earlier.video_id}) "
+                              f"and in split {query.split} (video {query.video_id}) with another video or text")
 
 
 def _exportable_id(video_id: str) -> bool:

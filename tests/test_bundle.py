@@ -184,15 +184,17 @@ def test_keyed_reads_give_the_stored_arrays_whatever_the_layout(tmp_path):
             file.create_dataset("chunked", data=arrays["chunked"], chunks=(2, 4))
             file.create_dataset("gzip", data=arrays["gzip"], chunks=(4, 4), compression="gzip")
             file.create_dataset("unallocated", shape=(3, 2), dtype=np.float32)
-        with KeyedH5(path) as keyed, h5py.File(path, "r") as reference:
-            assert h5py.h5d.open(reference.id, b"contiguous").get_offset() is not None  # the fast path is taken
-            keys = (*arrays, "unallocated")
+        keys = (*arrays, "unallocated")
+        with h5py.File(path, "r") as file:  # closed first: KeyedH5 opens it with other access properties
+            reference = {key: file[key][()] for key in keys}
+        with KeyedH5(path) as keyed:
+            assert h5py.h5d.open(keyed._file.id, b"contiguous").get_offset() is not None  # the fast path is taken
             for key in keys:
                 read = keyed.read(key)
-                assert read.dtype == reference[key].dtype and read.tobytes() == reference[key][()].tobytes(), key
+                assert read.dtype == reference[key].dtype and read.tobytes() == reference[key].tobytes(), key
             # Many at once, into one float32 array: the same values, cast as numpy casts them.
             rows = keyed.read_rows([keyed.locate(key) for key in keys], 1)
-            expected = np.concatenate([reference[key][()].reshape(-1).astype(np.float32) for key in keys])
+            expected = np.concatenate([reference[key].reshape(-1).astype(np.float32) for key in keys])
             assert rows.shape == (len(expected), 1) and rows.reshape(-1).tobytes() == expected.tobytes()
 
 
