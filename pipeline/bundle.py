@@ -22,8 +22,8 @@ import logging
 import math
 import os
 from contextlib import contextmanager
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple, TypeVar
 
@@ -205,8 +205,9 @@ def _video2frames_txt(rows: dict[str, int]) -> Iterator[str]:
 
 
 class BundleQuery(NamedTuple):
-    """A query of a bundle's caption file: a tuple, as 98k dicts (about 80 MB) would double what the
-    queries of a TVR import hold while its feature batches are in memory."""
+    """A query of a caption file (import) or of queries.jsonl (export). A tuple, not a dict: the
+    stages hold every query throughout, and TVR's 98k as dicts (json.loads gives each its own key
+    strings) took about 80 MB beside batches of 32 to 64 MB."""
 
     cap_id: str
     video_id: str  # the cap_id before its first '#'
@@ -480,7 +481,9 @@ class StoredArray(NamedTuple):
     dataset: h5py.h5d.DatasetID | None
 
 
-# Import reads and writes this many bytes of features at a time: about the most of them it holds at once.
+# Import reads and writes this many bytes of features at a time: about the most of them it holds at once
+# (twice that for CLIP queries, whose pooled vector is a copy). Its writers commit at this size too, so
+# that a batch read is committed, and freed, before the next is read.
 _IMPORT_BATCH_BYTES = 32 << 20
 
 
@@ -564,7 +567,7 @@ def _write_videos(videos: _VideoSource, video_ids: list[str], path: Path, rows_p
     """A (T, D) entry per video with sample timestamps; returns T per video."""
     dim = videos.shape(video_ids[0])[-1]
     rows: dict[str, int] = {}
-    with FeatureWriter(path, {**attrs, "dim": dim}) as writer:
+    with FeatureWriter(path, {**attrs, "dim": dim}, batch_bytes=_IMPORT_BATCH_BYTES) as writer:
         for video_id in video_ids:
             if writer.done(video_id):  # written before an interruption
                 rows[video_id] = videos.shape(video_id)[0]
@@ -576,8 +579,9 @@ def _write_videos(videos: _VideoSource, video_ids: list[str], path: Path, rows_p
 
 
 def _write_video_batch(writer: FeatureWriter, batch: _VideoBatch, rows_per_second: float) -> None:
-    """Reads a batch and hands it to the writer. A batch is at least ``_IMPORT_BATCH_BYTES``, which
-    the writer commits at once, so its rows are freed when this returns, before the next is read."""
+    """Reads a batch and hands it to the writer. A batch is at least ``_IMPORT_BATCH_BYTES``, the
+    writer's batch, so it is committed at once and its rows are freed when this returns, before the
+    next is read."""
     features, lengths = batch.read(), batch.lengths  # (R, D), (n,)
     row_in_video = np.arange(len(features)) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # (R,)
     writer.write_many(batch.ids, features, lengths, entry_columns={"duration": lengths / rows_per_second},
@@ -601,7 +605,7 @@ def _write_queries(query_file: KeyedH5, layout: BundleLayout, queries: list[Bund
         return cap_id, stored
 
     with FeatureWriter(path, {**attrs, "model": f"bundle:{layout.query}", "dim": dim, "layer": layer},
-                       groups=QUERY_GROUPS) as writer:
+                       groups=QUERY_GROUPS, batch_bytes=_IMPORT_BATCH_BYTES) as writer:
         todo = [query.cap_id for query in queries if not writer.done(query.cap_id)]
         for batch in _import_batches(map(located, todo), lambda item: _float32_bytes(item[1])):
             _write_query_batch(writer, query_file, batch, ndim, dim)

@@ -2,6 +2,7 @@
 through FullPipeline; export then import gives back the same arrays; bad bundles fail clearly."""
 
 import json
+import weakref
 from pathlib import Path
 
 import h5py
@@ -241,3 +242,75 @@ def test_an_interrupted_import_in_small_batches_resumes_to_the_files_of_one_run(
         assert _h5_contents(resumed / name) == _h5_contents(whole / name), name
     for name in ("queries.jsonl", "videos.jsonl"):
         assert (resumed / name).read_text() == (whole / name).read_text(), name
+
+
+class _Alive:
+    """Weak references to the arrays a function returned: which of them something still holds."""
+
+    def __init__(self):
+        self.refs = []
+
+    def wrap(self, function):
+        def recorded(*args, **kwargs):
+            assert not self.held(), f"{function.__name__} called while an earlier batch is still held"
+            result = function(*args, **kwargs)
+            self.refs += [weakref.ref(array) for array in (result if isinstance(result, list) else [result])]
+            return result
+        return recorded
+
+    def held(self) -> int:
+        return sum(ref() is not None for ref in self.refs)
+
+
+@pytest.mark.parametrize("video", ["clip", "i3d_resnet"])
+def test_import_and_export_free_each_batch_before_reading_the_next(tmp_path, monkeypatch, video):
+    """At most one batch is in memory: with a batch per entry, no array read for an earlier batch is
+    still referenced when the next is read (import's video and caption reads, export's gathers)."""
+    import pipeline.bundle as bundle
+    from storage.features import RaggedGroup
+
+    root = tmp_path / "mini"
+    _author_bundle(root)
+    for name, value in (("_IMPORT_BATCH_BYTES", 1), ("_EXPORT_BATCH_BYTES", 1)):
+        monkeypatch.setattr(bundle, name, value)
+    alive = _Alive()
+    for owner, name in ((bundle.KeyedH5, "read_rows"), (bundle.BigFileRows, "read"), (RaggedGroup, "gather")):
+        monkeypatch.setattr(owner, name, alive.wrap(getattr(owner, name)))
+    imported = tmp_path / "imported"
+    imported.mkdir()
+    import_bundle(BundleLayout(root, "mini", video, "roberta"), imported, 1.0, {})
+    bundle.export_bundle(imported / "video_features.h5", imported / "query_features.h5",
+                         imported / "queries.jsonl", BundleLayout(tmp_path / "exported" / "mini", "mini"))
+    assert len(alive.refs) > 3 * 11 and not alive.held()  # 11 videos and 22 captions, read one by one
+
+
+def test_bigfile_text_files_are_the_repr_and_join_of_their_rows(tmp_path):
+    """id.txt and video2frames.txt are written a video at a time; the text is what one repr and one
+    join of the whole mapping give, a video without rows and quotes in ids included."""
+    from pipeline.bundle import bigfile_writer
+
+    rows = {"a": 3, "it's": 2, "empty": 0, 'say "b"': 1}
+    with bigfile_writer(tmp_path) as writer:
+        for video_id, count in rows.items():
+            writer.write(video_id, np.zeros((count, 4), np.float32))
+    mapping = {video_id: [f"{video_id}_{index}" for index in range(count)] for video_id, count in rows.items()}
+    assert (tmp_path / "video2frames.txt").read_text() == repr(mapping) + "\n"
+    assert (tmp_path / "id.txt").read_text() == " ".join(row for ids in mapping.values() for row in ids) + "\n"
+    assert (tmp_path / "shape.txt").read_text() == "6 4\n"
+
+
+def test_keyed_reads_evict_each_dataset_from_the_metadata_cache(tmp_path):
+    """Each dataset is opened once, so its header must not stay cached (100k of them took ~120 MB); a
+    file already open in the process, which HDF5 will not reopen with eviction, is still read."""
+    from pipeline.bundle import KeyedH5
+
+    path = tmp_path / "many.h5"
+    with h5py.File(path, "w") as file:
+        for index in range(2000):
+            file[f"caption{index}"] = np.full(3, index, np.float32)
+    with KeyedH5(path) as keyed:
+        for key in sorted(keyed.keys):
+            keyed.locate(key)
+        assert keyed._file.id.get_mdc_size()[3] < 500  # cached entries: the group's nodes, not 2000 headers
+    with h5py.File(path, "r"), KeyedH5(path) as keyed:
+        assert keyed.read("caption7").tolist() == [7, 7, 7]
