@@ -41,10 +41,12 @@ from pipeline.sharding import PerVideoStage, VideoShard
 from pipeline.stage import DatasetTask, Stage
 from pipeline.subtitle_files import SUBTITLE_EXTENSIONS
 from pipeline.video_cache import (
+    DURATIONS_FILE,
     ENTRY_FORMAT,
     ENTRY_SUFFIX,
     HASHES_FILE,
     ContentHashes,
+    KnownDurations,
     content_hash,
     video_identity,
     videos_digest,
@@ -146,6 +148,11 @@ class PrepareDataset(Stage):
     def _identity(self, path: Path) -> str:
         return video_identity(path, self.root, self.config["data"]["video_identity"], self._hashes)
 
+    def _known_identity(self, path: Path) -> str:
+        """The fingerprint's identity of ``path`` where it has one (not for the demo), else computed."""
+        known = {} if self.config["data"]["source"] == "demo" else self._identities
+        return known.get(str(path)) or self._identity(path)
+
     def _annotation_files(self) -> list[Path]:
         data = self.config["data"]
         if data["source"] == "folder":  # the collection is whatever the folder holds now
@@ -157,10 +164,11 @@ class PrepareDataset(Stage):
 
     def build(self, out_dir):
         data = self.config["data"]
-        manifest = read_dataset(data, self.root)
-        known = {} if data["source"] == "demo" else self._identities  # the fingerprint's, where it has them
-        videos = [{**video, "identity": known.get(str(video["path"])) or self._identity(Path(video["path"]))}
-                  for video in manifest.videos]
+        durations = KnownDurations(None if data["source"] == "demo" else self.dataset_dir / DURATIONS_FILE,
+                                   self._known_identity, self.version)
+        manifest = read_dataset(data, self.root, durations)
+        videos = [{**video, "identity": self._known_identity(Path(video["path"]))} for video in manifest.videos]
+        durations.save()
         self._hashes.save()
         write_jsonl_atomic(out_dir / "videos.jsonl", videos)
         write_jsonl_atomic(out_dir / "queries.jsonl", manifest.queries)

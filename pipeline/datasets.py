@@ -27,11 +27,15 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from extractors.text_policy import is_blank
 from pipeline.paths import UnsafePathError, confined, file_kind, shown
 from pipeline.subtitle_files import SUBTITLE_EXTENSIONS, read_subtitle_file
 from pipeline.text_files import read_text, text_lines
+
+if TYPE_CHECKING:
+    from pipeline.video_cache import KnownDurations
 
 log = logging.getLogger("pipeline")
 
@@ -142,6 +146,7 @@ class VideoFolder:
     root: Path
     extensions: tuple[str, ...] = (".mp4",)
     frame_fps: float = 3.0  # frame rate of frame folders (TVQA ships 3 fps frames)
+    known_durations: "KnownDurations | None" = None  # durations kept from earlier runs, by video identity
 
     def find(self, video_id: str) -> Path | None:
         """The video's folder of frames or file; UnsafePathError if the id leads outside ``root``."""
@@ -180,7 +185,9 @@ class VideoFolder:
         """Seconds, as the decoder sees the file or folder (a folder: its frame images / frame rate)."""
         from extractors.decode import video_duration  # decord is slow to import; only probing needs it
 
-        return video_duration(path, frames_fps=self.frame_fps)
+        if self.known_durations is None:
+            return video_duration(path, frames_fps=self.frame_fps)
+        return self.known_durations.of(path, self.frame_fps, lambda: video_duration(path, frames_fps=self.frame_fps))
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -422,7 +429,8 @@ def _parse_ts(value, where: Location) -> list[float]:
 
 def read_tvr(annotations: dict[str, Path | None], video_dir: Path, video_ext: str | list[str] = ".mp4",
              subtitles: Path | None = None, policy: dict[str, str] | None = None,
-             frame_fps: float = 3.0, duration_tolerance: float = DEFAULT_DURATION_TOLERANCE_S) -> DatasetManifest:
+             frame_fps: float = 3.0, duration_tolerance: float = DEFAULT_DURATION_TOLERANCE_S,
+             known_durations: "KnownDurations | None" = None) -> DatasetManifest:
     """TVR's release format (``tvr_*_release.jsonl`` + ``tvqa_preprocessed_subtitles.jsonl``).
 
     ``annotations`` maps our split names (train/val/test) to files; a split may be None. Videos are
@@ -436,7 +444,7 @@ def read_tvr(annotations: dict[str, Path | None], video_dir: Path, video_ext: st
             raw.append(RawQuery(where, _identifier(row["desc_id"], "desc_id", where),
                                 _string(row["vid_name"], "vid_name", where), _string(row["desc"], "desc", where),
                                 split, _parse_ts(row["ts"], where), _seconds(row["duration"], "duration", where)))
-    manifest = assemble_manifest(raw, VideoFolder(Path(video_dir), _extensions(video_ext), frame_fps),
+    manifest = assemble_manifest(raw, VideoFolder(Path(video_dir), _extensions(video_ext), frame_fps, known_durations),
                                  ProblemReport(policy), duration_tolerance)
     if subtitles is not None:
         manifest.subtitles = _read_tvqa_subtitles(subtitles, {video["video_id"] for video in manifest.videos})
@@ -468,7 +476,8 @@ def _read_tvqa_subtitles(path: Path, video_ids: set[str]) -> list[dict]:
 
 def read_activitynet(annotations: dict[str, Path | None], video_dir: Path, video_ext: str | list[str] = ".mp4",
                      policy: dict[str, str] | None = None,
-                     duration_tolerance: float = DEFAULT_DURATION_TOLERANCE_S) -> DatasetManifest:
+                     duration_tolerance: float = DEFAULT_DURATION_TOLERANCE_S,
+                     known_durations: "KnownDurations | None" = None) -> DatasetManifest:
     """ActivityNet Captions: ``{video_id: {duration, timestamps, sentences}}`` per JSON file.
 
     Caption ids follow the PRVR bundle: ``<video_id>#enc#<k>``, k the sentence's index in its video.
@@ -491,8 +500,8 @@ def read_activitynet(annotations: dict[str, Path | None], video_dir: Path, video
                 raw.append(RawQuery(where, f"{video_id}#enc#{k}", video_id,
                                     _string(sentence, f"sentence {k} of video {video_id}", where), split,
                                     _parse_ts(ts, where), duration))
-    return assemble_manifest(raw, VideoFolder(Path(video_dir), _extensions(video_ext)), ProblemReport(policy),
-                             duration_tolerance)
+    return assemble_manifest(raw, VideoFolder(Path(video_dir), _extensions(video_ext), known_durations=known_durations),
+                             ProblemReport(policy), duration_tolerance)
 
 
 _OBJECT_KEY_RE = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:\s*\{')
@@ -519,7 +528,7 @@ def _read_json_object(path: Path) -> tuple[dict, dict[str, int]]:
 
 
 def read_charades(annotations: dict[str, Path | None], video_dir: Path, video_ext: str | list[str] = ".mp4",
-                  policy: dict[str, str] | None = None) -> DatasetManifest:
+                  policy: dict[str, str] | None = None, known_durations: "KnownDurations | None" = None) -> DatasetManifest:
     """Charades-STA: ``VIDEOID START END##sentence`` per line; durations are probed from the videos.
 
     Caption ids follow the PRVR bundle: ``<video_id>#enc#<k>``, k counting the video's lines in its file.
@@ -548,11 +557,13 @@ def read_charades(annotations: dict[str, Path | None], video_dir: Path, video_ex
             k = per_video.get(video_id, 0)
             per_video[video_id] = k + 1
             raw.append(RawQuery(where, f"{video_id}#enc#{k}", video_id, sentence, split, ts))
-    return assemble_manifest(raw, VideoFolder(Path(video_dir), _extensions(video_ext)), ProblemReport(policy))
+    return assemble_manifest(raw, VideoFolder(Path(video_dir), _extensions(video_ext), known_durations=known_durations),
+                             ProblemReport(policy))
 
 
 def read_custom(annotations: dict[str, Path | None], video_dir: Path, video_ext: str | list[str] = ".mp4",
-                policy: dict[str, str] | None = None, frame_fps: float = 3.0) -> DatasetManifest:
+                policy: dict[str, str] | None = None, frame_fps: float = 3.0,
+                known_durations: "KnownDurations | None" = None) -> DatasetManifest:
     """A user's own queries: CSV (header row) or JSON lines with ``video``, ``text`` and optional
     ``start``/``end`` (seconds), ``split`` and ``id``; subtitles are ``<video>.srt``/``.vtt`` files
     next to the videos.
@@ -563,7 +574,7 @@ def read_custom(annotations: dict[str, Path | None], video_dir: Path, video_ext:
     test may share a video; a video in train and in val or test is an error naming the line. Caption
     ids are the ``id`` column, else ``<video_id>#enc#<k>``.
     """
-    videos = VideoFolder(Path(video_dir), _extensions(video_ext), frame_fps)
+    videos = VideoFolder(Path(video_dir), _extensions(video_ext), frame_fps, known_durations)
     raw, per_video = [], {}
     for split, path in _splits(annotations):
         for where, row in _read_query_rows(path):
@@ -748,11 +759,11 @@ def _suffix(name: str) -> str:
     return name[dot:] if 0 < dot < len(name) - 1 else ""
 
 
-def read_folder(root: Path, frame_fps: float) -> DatasetManifest:
+def read_folder(root: Path, frame_fps: float, known_durations: "KnownDurations | None" = None) -> DatasetManifest:
     """Every video under ``root`` with its duration; unreadable ones are listed as problems, not fatal."""
     from extractors.decode import VideoDecodeError
 
-    manifest, videos = DatasetManifest(), VideoFolder(Path(root), frame_fps=frame_fps)
+    manifest, videos = DatasetManifest(), VideoFolder(Path(root), frame_fps=frame_fps, known_durations=known_durations)
     for path in folder_videos(root):
         video_id = path.relative_to(root).as_posix()  # unique; an opaque key everywhere (pipeline.paths)
         try:
@@ -802,18 +813,20 @@ def check_data_files(data: dict, root: Path, dataset: str) -> None:
             f"(no videos needed): --set \"features.source=bundle\".")
 
 
-def read_dataset(data: dict, root: Path) -> DatasetManifest:
-    """The manifest of the dataset a ``data`` config section describes (paths relative to ``root``)."""
+def read_dataset(data: dict, root: Path, known_durations: "KnownDurations | None" = None) -> DatasetManifest:
+    """The manifest of the dataset a ``data`` config section describes (paths relative to ``root``);
+    videos' durations come from ``known_durations`` where it has them, else from probing the video."""
     if data["source"] == "folder":
-        return read_folder(root, data["frame_fps"])
+        return read_folder(root, data["frame_fps"], known_durations)
     annotations = {split: None if name is None else root / name for split, name in data["annotations"].items()}
     video_dir, policy = root / data["videos"], data["on_problem"]
     if data["format"] == "tvr":
         subtitles = None if data["subtitles"] is None else root / data["subtitles"]
         return read_tvr(annotations, video_dir, data["video_ext"], subtitles, policy, data["frame_fps"],
-                        data["duration_tolerance"])
+                        data["duration_tolerance"], known_durations)
     if data["format"] == "custom":
-        return read_custom(annotations, video_dir, data["video_ext"], policy, data["frame_fps"])
+        return read_custom(annotations, video_dir, data["video_ext"], policy, data["frame_fps"], known_durations)
     if data["format"] == "activitynet":
-        return read_activitynet(annotations, video_dir, data["video_ext"], policy, data["duration_tolerance"])
-    return read_charades(annotations, video_dir, data["video_ext"], policy)
+        return read_activitynet(annotations, video_dir, data["video_ext"], policy, data["duration_tolerance"],
+                                known_durations)
+    return read_charades(annotations, video_dir, data["video_ext"], policy, known_durations)
