@@ -170,7 +170,7 @@ class MSSL(RetrievalModel):
         clip_features, proposal_norms = videos["clip_features"], videos["proposal_norms"]
         if pair_videos is None:
             cosines = self.proposal_cosines(pair_cosines(queries, clip_features), proposal_norms)  # (P, proposals)
-        else:  # a video's pairs together, each product as one video's pairs alone would have it
+        else:  # the proposal product per video too: a video's pairs get the cosines they get alone
             cosines = per_video_pairs(queries, pair_videos, lambda group, video: self.proposal_cosines(
                 video_cosines(group, clip_features[video:video + 1]), proposal_norms[video]),
                 self.proposal_weights.shape[0])
