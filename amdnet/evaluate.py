@@ -27,7 +27,7 @@ from amdnet.metrics import moment_metrics, ranks_from_scores, retrieval_metrics,
 from amdnet.moments import clip_spans
 from models.checkpoints import ModelSource
 from models.configs import model_facts
-from models.registry import RetrievalModel, Rows, concat_rows, shared_rows, take_rows
+from models.registry import RetrievalModel, Rows, concat_rows, take_rows
 
 TOP_K_PREDICTIONS = 10
 
@@ -60,23 +60,17 @@ class EncodedSplit:
               video_index: torch.Tensor) -> torch.Tensor:
         """(P,) query and (P,) video indices -> (P, 2) [start, end] fractions of the video under `rule`.
 
-        The pairs are taken video by video: a video's rows, shared by its pairs without a copy
-        (`shared_rows`), meet all its queries in one product (amdnet.moments.pair_cosines), where
-        gathering every pair's own copy of them would move (P, N, d) floats through memory twice.
+        The model gets the split's video rows once and each pair's video index, pairs sorted by video: the
+        pairs of a video meet its rows in one product (amdnet.moments.per_video_pairs), where gathering
+        every pair's own copy of them would move (P, N, d) floats through memory twice; the rest of a rule
+        runs on all pairs at once.
         """
         order = torch.sort(video_index, stable=True).indices  # (P,) pairs grouped by video
-        videos, counts = torch.unique_consecutive(video_index[order], return_counts=True)
-        groups = self.queries[query_index[order]].split(counts.tolist())
         # One thread: a video's products are small, and with more threads each of them waits for the
         # others (milliseconds each on a busy machine, against tens of microseconds on one thread).
         with intra_op_threads(1):
-            parts = [model.spans(queries, shared_rows(self.videos, video, len(queries)),
-                                 None if self.clip_spans is None else self.clip_spans[video].expand(len(queries), -1, -1),
-                                 rule)
-                     for video, queries in zip(videos.tolist(), groups)]
-        if not parts:
-            return torch.empty(0, 2, device=self.queries.device)
-        grouped = torch.cat(parts)  # (P, 2) in `order`
+            grouped = model.spans(self.queries.index_select(0, query_index[order]), self.videos, self.clip_spans,
+                                  rule, pair_videos=video_index[order])  # (P, 2) in `order`
         spans = torch.empty_like(grouped)
         spans[order] = grouped
         return spans

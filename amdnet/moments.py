@@ -42,55 +42,106 @@ def uniform_clip_spans(map_size: int) -> torch.Tensor:
     return torch.stack([edges[:-1], edges[1:]], dim=1)
 
 
-def pair_cosines(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """(P, d) queries and (P, M, d) rows -> (P, M): each query's dot product with its own pair's M rows.
+def per_video_pairs(queries: torch.Tensor, pair_videos: torch.Tensor, product, columns: int) -> torch.Tensor:
+    """(P, d) queries of P (query, video) pairs and (P,) their video indices -> (P, columns), in pair order:
+    `product(group, video)` gives the (P_v, columns) values of the P_v pairs of one video from their
+    queries (P_v, d), stably ordered by video, as `EncodedSplit.spans` has always grouped them.
 
-    When the P pairs share one video's rows (expanded from one, stride 0, as `evaluate` groups its
-    pairs by video), one (P, d) x (d, M) product gives them all, instead of P products that each read
-    the same rows. The two products may round the last bit differently.
+    One product per video, not per pair: the pairs of a video share its rows, so P_v queries meet them
+    in one (P_v, d) x (d, M) product instead of P_v products that each read the same rows.
     """
-    if rows.shape[0] > 1 and rows.stride(0) == 0:
-        return queries @ rows[0].T  # (P, M)
-    return (rows @ queries.unsqueeze(-1)).squeeze(-1)  # (P, M)
+    if not len(pair_videos):
+        return queries.new_empty(0, columns)
+    grouped = bool((pair_videos[1:] >= pair_videos[:-1]).all())  # Evaluate passes them sorted: no copy to make
+    order = None if grouped else torch.sort(pair_videos, stable=True).indices  # (P,) pairs grouped by video
+    videos, counts = torch.unique_consecutive(pair_videos if grouped else pair_videos[order], return_counts=True)
+    groups = (queries if grouped else queries[order]).split(counts.tolist())
+    values = torch.cat([product(group, video) for video, group in zip(videos.tolist(), groups)])  # (P, columns)
+    if grouped:
+        return values
+    in_pair_order = torch.empty_like(values)
+    in_pair_order[order] = values
+    return in_pair_order
 
 
-def moment_spans(rule: str, queries: torch.Tensor, clip_features: torch.Tensor, proposals: torch.Tensor,
-                 centers: torch.Tensor, widths: torch.Tensor, *, clip_spans: torch.Tensor | None = None,
+def pair_cosines(queries: torch.Tensor, rows: torch.Tensor, pair_videos: torch.Tensor | None = None) -> torch.Tensor:
+    """(P, d) queries and their pairs' rows -> (P, M): each query's dot product with its pair's M rows.
+
+    rows: (P, M, d), one per pair, when pair_videos is None; else (V, M, d) per video, and pair_videos (P,)
+    names each pair's video (`per_video_pairs`: one product per video). The two forms may round the
+    last bit differently.
+    """
+    if pair_videos is None:
+        return (rows @ queries.unsqueeze(-1)).squeeze(-1)  # (P, M)
+    return per_video_pairs(queries, pair_videos, lambda group, video: video_cosines(group, rows[video:video + 1]),
+                           rows.shape[1])
+
+
+def video_cosines(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(Q, d) queries of one video's pairs and its (1, M, d) rows -> (Q, M): one (Q, d) x (d, M) product,
+    or with one query the per-pair product, so that every span is the one Evaluate has always written."""
+    if queries.shape[0] > 1:
+        return queries @ rows[0].T
+    return (rows @ queries.unsqueeze(-1)).squeeze(-1)
+
+
+def pair_rows(values: torch.Tensor, pair_videos: torch.Tensor | None) -> torch.Tensor:
+    """(P, ...) each pair's own row of a per-video tensor: values (V, ...) indexed by pair_videos (P,), or
+    values already (P, ...) when pair_videos is None."""
+    return values if pair_videos is None else values[pair_videos]
+
+
+def clip_run_spans(clip_spans: torch.Tensor | None, pair_videos: torch.Tensor | None, first: torch.Tensor,
+                   last: torch.Tensor, num_clips: int) -> torch.Tensor:
+    """(P, 2) [start of clip `first`, end of clip `last`] of each pair's video, first and last (P,).
+
+    clip_spans: (V, N, 2) per video (or (P, N, 2) per pair when pair_videos is None), (N, 2) for every
+    video, or None: clip k of N covers [k / N, (k + 1) / N].
+    """
+    if clip_spans is None:
+        clip_spans = uniform_clip_spans(num_clips)
+    clip_spans = clip_spans.to(first.device)
+    if clip_spans.dim() == 2:
+        return torch.stack([clip_spans[first, 0], clip_spans[last, 1]], dim=1)
+    videos = torch.arange(len(first), device=first.device) if pair_videos is None else pair_videos  # (P,)
+    return torch.stack([clip_spans[videos, first, 0], clip_spans[videos, last, 1]], dim=1)
+
+
+def moment_spans(rule: str, queries: torch.Tensor, clip_features: torch.Tensor, proposals: torch.Tensor | None,
+                 centers: torch.Tensor | None, widths: torch.Tensor | None, *,
+                 pair_videos: torch.Tensor | None = None, clip_spans: torch.Tensor | None = None,
                  grow_fraction: float = GROW_FRACTION) -> torch.Tensor:
     """(P, 2) [start, end] fractions of the video for P (query, video) pairs under `rule`.
 
-    queries (P, d), clip_features (P, N, d) and proposals (P, K, d) are unit vectors; centers and
-    widths (P, K) fractions. clip_spans: (P, N, 2) or (N, 2) fractions per clip (see `clip_spans`);
-    None means clip k of N covers [k / N, (k + 1) / N].
+    queries (P, d) are unit vectors. The video tensors hold one row per pair (P, ...) when pair_videos
+    is None, else one per video (V, ...) and pair_videos (P,) names each pair's video: clip_features
+    (., N, d) and proposals (., K, d) unit vectors, centers and widths (., K) fractions. clip_spans: (., N, 2)
+    or (N, 2) fractions per clip (see `clip_spans`); None means clip k of N covers [k / N, (k + 1) / N].
     """
     if rule not in SPAN_RULES:
         raise ValueError(f"unknown span rule {rule!r}; choose one of {', '.join(SPAN_RULES)}")
-    num_pairs, num_clips = clip_features.shape[:2]
+    num_pairs, num_clips = queries.shape[0], clip_features.shape[1]
     if rule == "whole":
         return torch.tensor([0.0, 1.0], device=queries.device).expand(num_pairs, 2).clone()
     if rule == "anchor":
-        return anchor_spans(queries, proposals, centers, widths)
-    if clip_spans is None:
-        clip_spans = uniform_clip_spans(num_clips)
-    clip_spans = clip_spans.to(queries.device).expand(num_pairs, num_clips, 2)  # (P, N, 2)
-    cosines = pair_cosines(queries, clip_features)  # (P, N)
+        return anchor_spans(queries, proposals, centers, widths, pair_videos)
+    cosines = pair_cosines(queries, clip_features, pair_videos)  # (P, N)
     best = cosines.argmax(dim=1)  # (P,)
     if rule == "best_clip":
         first = last = best
     else:
         first, last = grown_clip_range(cosines, best, grow_fraction)
-    start = clip_spans[:, :, 0].gather(1, first.unsqueeze(1)).squeeze(1)  # (P,)
-    end = clip_spans[:, :, 1].gather(1, last.unsqueeze(1)).squeeze(1)  # (P,)
-    return torch.stack([start, end], dim=1)
+    return clip_run_spans(clip_spans, pair_videos, first, last, num_clips)
 
 
-def anchor_spans(queries: torch.Tensor, proposals: torch.Tensor, centers: torch.Tensor,
-                 widths: torch.Tensor) -> torch.Tensor:
-    """(P, 2): centre +- width / 2 of the moment whose proposal has the highest cosine, clamped to [0, 1]."""
-    similarity = pair_cosines(queries, proposals)  # (P, K)
+def anchor_spans(queries: torch.Tensor, proposals: torch.Tensor, centers: torch.Tensor, widths: torch.Tensor,
+                 pair_videos: torch.Tensor | None = None) -> torch.Tensor:
+    """(P, 2): centre +- width / 2 of the moment whose proposal has the highest cosine, clamped to [0, 1]
+    (tensors per pair or per video as in `moment_spans`)."""
+    similarity = pair_cosines(queries, proposals, pair_videos)  # (P, K)
     moment = similarity.argmax(dim=1, keepdim=True)  # (P, 1)
-    center = centers.gather(1, moment).squeeze(1)  # (P,)
-    width = widths.gather(1, moment).squeeze(1)  # (P,)
+    center = pair_rows(centers, pair_videos).gather(1, moment).squeeze(1)  # (P,)
+    width = pair_rows(widths, pair_videos).gather(1, moment).squeeze(1)  # (P,)
     return torch.stack([center - width / 2, center + width / 2], dim=1).clamp(0.0, 1.0)  # (P, 2)
 
 

@@ -72,10 +72,11 @@ class AMDNetModel(AMDNet, RetrievalModel):
     def score(self, queries: torch.Tensor, videos: Rows) -> torch.Tensor:
         return max_dot_scores(queries, videos["clip_features"])  # (Q, V): best clip cosine
 
-    def spans(self, queries: torch.Tensor, videos: Rows, clip_spans: torch.Tensor | None, rule: str) -> torch.Tensor:
+    def spans(self, queries: torch.Tensor, videos: Rows, clip_spans: torch.Tensor | None, rule: str, *,
+              pair_videos: torch.Tensor | None = None) -> torch.Tensor:
         self.check_rule(rule)
         return moment_spans(rule, queries, videos["clip_features"], videos["proposals"], videos["centers"],
-                            videos["widths"], clip_spans=clip_spans)
+                            videos["widths"], pair_videos=pair_videos, clip_spans=clip_spans)
 
     def loss(self, batch: dict, epoch: int) -> dict[str, torch.Tensor]:
         token_mask = batch.get("token_mask")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from amdnet.moments import pair_cosines
+from amdnet.moments import pair_cosines, pair_rows
 from models.configs import ClipZeroShotConfig
 from models.inputs import video_frames
 from models.registry import RetrievalModel, Rows, register_model, score_in_chunks
@@ -86,12 +86,13 @@ class ClipZeroShot(RetrievalModel):
         return score_in_chunks(lambda q, rows: self.window_cosines(q, rows).amax(dim=-1), queries, videos,
                                n_windows)  # (Q, V)
 
-    def spans(self, queries: torch.Tensor, videos: Rows, clip_spans: torch.Tensor | None, rule: str) -> torch.Tensor:
+    def spans(self, queries: torch.Tensor, videos: Rows, clip_spans: torch.Tensor | None, rule: str, *,
+              pair_videos: torch.Tensor | None = None) -> torch.Tensor:
         """"best_window": the span of the pair's best window; "whole": [0, 1]. (clip_spans is not used:
         windows carry their own spans.)"""
         self.check_rule(rule)
         if rule == "whole":
             return torch.tensor([0.0, 1.0], device=queries.device).expand(queries.shape[0], 2).clone()
-        cosines = pair_cosines(queries, videos["windows"])  # (P, W)
-        best = cosines.masked_fill(~videos["window_valid"], float("-inf")).argmax(dim=1)  # (P,)
-        return videos["window_spans"][torch.arange(len(best), device=best.device), best]  # (P, 2)
+        cosines = pair_cosines(queries, videos["windows"], pair_videos)  # (P, W)
+        best = cosines.masked_fill(~pair_rows(videos["window_valid"], pair_videos), float("-inf")).argmax(dim=1)  # (P,)
+        return pair_rows(videos["window_spans"], pair_videos)[torch.arange(len(best), device=best.device), best]  # (P, 2)

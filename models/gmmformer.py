@@ -149,10 +149,12 @@ class GMMFormer(RetrievalModel):
         frame_score = queries @ videos["video_vector"].T  # (Q, V)
         return self.config.clip_scale_weight * clip_score + self.config.frame_scale_weight * frame_score
 
-    def spans(self, queries: torch.Tensor, videos: Rows, clip_spans: torch.Tensor | None, rule: str) -> torch.Tensor:
+    def spans(self, queries: torch.Tensor, videos: Rows, clip_spans: torch.Tensor | None, rule: str, *,
+              pair_videos: torch.Tensor | None = None) -> torch.Tensor:
         """The clip-scale span rules of amdnet.moments ("grown", "best_clip", "whole")."""
         self.check_rule(rule)
-        return moment_spans(rule, queries, videos["clip_features"], None, None, None, clip_spans=clip_spans)
+        return moment_spans(rule, queries, videos["clip_features"], None, None, None, pair_videos=pair_videos,
+                            clip_spans=clip_spans)
 
     def loss(self, batch: dict, epoch: int) -> dict[str, torch.Tensor]:
         config = self.config

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from amdnet.losses import info_nce_loss
 from amdnet.model import AMDNet, AttentionSubLayer, FeatureProjection
-from amdnet.moments import pair_cosines, uniform_clip_spans
+from amdnet.moments import clip_run_spans, pair_cosines, per_video_pairs, video_cosines
 from models.configs import MSSLConfig
 from models.inputs import l2_normalize, query_tokens, video_frames
 from models.layers import PositionalEncoding, TokenQueryEncoder
@@ -161,22 +161,21 @@ class MSSL(RetrievalModel):
         frame_score = (F.normalize(attended, dim=-1) @ queries.unsqueeze(-1)).squeeze(-1)  # (Q, V)
         return self.config.clip_scale_weight * clip_score + self.config.frame_scale_weight * frame_score
 
-    def spans(self, queries: torch.Tensor, videos: Rows, clip_spans: torch.Tensor | None, rule: str) -> torch.Tensor:
+    def spans(self, queries: torch.Tensor, videos: Rows, clip_spans: torch.Tensor | None, rule: str, *,
+              pair_videos: torch.Tensor | None = None) -> torch.Tensor:
         """"proposal": the span of the pair's key proposal (its best run of clips); "whole": [0, 1]."""
         self.check_rule(rule)
         if rule == "whole":
             return torch.tensor([0.0, 1.0], device=queries.device).expand(queries.shape[0], 2).clone()
-        n_pairs, n_clips = videos["clip_features"].shape[:2]
-        if clip_spans is None:
-            clip_spans = uniform_clip_spans(n_clips)
-        clip_spans = clip_spans.to(queries.device).expand(n_pairs, n_clips, 2)  # (P, N, 2)
-        per_clip = pair_cosines(queries, videos["clip_features"])  # (P, N)
-        cosines = self.proposal_cosines(per_clip, videos["proposal_norms"])  # (P, proposals)
+        clip_features, proposal_norms = videos["clip_features"], videos["proposal_norms"]
+        if pair_videos is None:
+            cosines = self.proposal_cosines(pair_cosines(queries, clip_features), proposal_norms)  # (P, proposals)
+        else:  # the proposal product per video too: a video's pairs get the cosines they get alone
+            cosines = per_video_pairs(queries, pair_videos, lambda group, video: self.proposal_cosines(
+                video_cosines(group, clip_features[video:video + 1]), proposal_norms[video]),
+                self.proposal_weights.shape[0])
         first, last = self.proposal_bounds[cosines.argmax(dim=-1)].unbind(-1)  # (P,) each
-        pairs = torch.arange(n_pairs, device=queries.device)
-        start = clip_spans[pairs, first, 0]
-        end = clip_spans[pairs, last, 1]
-        return torch.stack([start, end], dim=1)  # (P, 2)
+        return clip_run_spans(clip_spans, pair_videos, first, last, clip_features.shape[1])  # (P, 2)
 
     def loss(self, batch: dict, epoch: int) -> dict[str, torch.Tensor]:
         config = self.config

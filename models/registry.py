@@ -17,10 +17,11 @@ batch dictionary is described in models/inputs.py):
     model.represent_videos(batch) -> dict   tensors with leading axis B: what the index stores for a video
     model.represent_queries(batch) -> (Nq, d) what a query becomes (the search encodes its text into this)
     model.score(queries (Q, d), videos: dict of V rows) -> (Q, V)   the ranking score
-    model.spans(queries (P, d), videos: dict of P rows, clip_spans (P, N, 2), rule) -> (P, 2)
+    model.spans(queries (P, d), videos: dict of P rows, clip_spans (P, N, 2), rule, pair_videos=None) -> (P, 2)
                                             each (query, video) pair's moment, [start, end] fractions;
-                                            Evaluate passes one video's rows to all its pairs as an
-                                            expanded view (shared_rows): read them, never write them
+                                            with pair_videos (P,), videos and clip_spans hold V rows, one
+                                            per video, and pair_videos names each pair's (Evaluate: the
+                                            pairs of a video share its rows, amdnet.moments.per_video_pairs)
     model.span_rules, model.default_span_rule
     model.trainable                         False: no Train stage, represent/score right after features
     model.loss(batch, epoch) -> dict        trainable models: {"loss": total, <term>: value, ...},
@@ -98,7 +99,8 @@ class RetrievalModel(nn.Module, abc.ABC):
         """See the module docstring."""
 
     @abc.abstractmethod
-    def spans(self, queries: torch.Tensor, videos: Rows, clip_spans: torch.Tensor | None, rule: str) -> torch.Tensor:
+    def spans(self, queries: torch.Tensor, videos: Rows, clip_spans: torch.Tensor | None, rule: str, *,
+              pair_videos: torch.Tensor | None = None) -> torch.Tensor:
         """See the module docstring."""
 
     def loss(self, batch: dict, epoch: int) -> dict[str, torch.Tensor]:
@@ -172,12 +174,6 @@ def create_model(name: str, video_dim: int, query_dim: int, seed: int | None = N
 def take_rows(videos: Rows, index: torch.Tensor | slice) -> Rows:
     """The same rows of every tensor of a represent_videos dictionary."""
     return {key: value[index] for key, value in videos.items()}
-
-
-def shared_rows(videos: Rows, index: int, count: int) -> Rows:
-    """Row `index` of every tensor of a represent_videos dictionary as `count` rows that share its
-    memory (expanded, no copy): the rows of `count` (query, video) pairs of that one video."""
-    return {key: value[index:index + 1].expand(count, *value.shape[1:]) for key, value in videos.items()}
 
 
 def concat_rows(parts: list[Rows]) -> Rows:

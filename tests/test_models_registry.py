@@ -5,6 +5,7 @@ import torch
 
 from amdnet import AMDNet, ModelConfig, TrainConfig
 from amdnet.losses import amdnet_loss
+from amdnet.moments import clip_spans
 from model_batches import CAPTION_TO_VIDEO, QUERY_DIM, VIDEO_DIM, make_batch
 from models.configs import MODEL_FACTS
 from models import RetrievalModel, concat_rows, create_model, list_models, model_class, register_model, take_rows
@@ -85,6 +86,30 @@ def test_every_model_scores_and_spans_through_the_interface(name):
     if model.trainable:
         terms = model.loss(batch, epoch=1)
         assert set(terms) == set(model.loss_terms) and torch.isfinite(terms["loss"])
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_spans_of_pairs_sharing_their_videos_rows_are_each_videos_spans_alone(name):
+    """pair_videos (Evaluate's form: V rows, each pair naming its video) gives every pair the span that
+    its video's pairs get alone, bit for bit, in any pair order; and the spans of the per-pair form."""
+    model = build(name).eval()
+    batch = batch_for(model)
+    pair_queries = torch.tensor([3, 0, 5, 1, 2, 4, 0, 3])  # (P,)
+    pair_videos = torch.tensor([2, 0, 2, 1, 2, 0, 0, 2])  # (P,): video 1 has one pair
+    fractions = torch.stack([clip_spans(frames, 8) for frames in (9, 30, 5)])  # (V, N, 2), each video its own
+    with torch.no_grad():
+        videos, queries = model.represent_videos(batch), model.represent_queries(batch)
+        for rule in model.span_rules:
+            shared = model.spans(queries[pair_queries], videos, fractions, rule, pair_videos=pair_videos)  # (P, 2)
+            for video in range(3):
+                pairs = (pair_videos == video).nonzero().flatten()
+                alone = model.spans(queries[pair_queries[pairs]], take_rows(videos, slice(video, video + 1)),
+                                    fractions[video:video + 1], rule, pair_videos=torch.zeros(len(pairs), dtype=torch.long))
+                assert torch.equal(shared[pairs], alone), (rule, video)
+            own_rows = model.spans(queries[pair_queries], take_rows(videos, pair_videos), fractions[pair_videos], rule)
+            torch.testing.assert_close(shared, own_rows, msg=rule)
+            empty = model.spans(queries[:0], videos, fractions, rule, pair_videos=pair_videos[:0])
+            assert empty.shape == (0, 2), rule
 
 
 def _videos(batch: dict, index: list[int]) -> dict:
