@@ -376,6 +376,15 @@ def encode_queries(queries: list[dict], text: dict, out_path: Path, attrs: dict)
     return {"inputs": {"queries": len(queries)}, "dim": encoder.dim, "truncated_queries": len(cut)}
 
 
+def _write_subtitle_chunk(writer: FeatureWriter, video_ids: list[str], pooled: list[tuple]) -> None:
+    """A chunk of videos' pooled subtitles in one write per group (no per-video writer cost)."""
+    features, masks, timestamps = zip(*pooled)
+    lengths = [len(mask) for mask in masks]
+    writer.write_many(video_ids, np.concatenate(features), lengths, group="features",
+                      row_columns={"timestamps": np.concatenate(timestamps)})
+    writer.write_many(video_ids, np.concatenate(masks), lengths, group="mask")
+
+
 def encode_subtitles(videos: list[dict], subtitles: list[dict], text: dict, visual: dict,
                      out_path: Path, attrs: dict) -> dict:
     """Subtitle token features max-pooled onto each video's visual feature grid, with a mask."""
@@ -388,15 +397,16 @@ def encode_subtitles(videos: list[dict], subtitles: list[dict], text: dict, visu
         todo = [video for video in videos if not writer.done(video["video_id"])]
         _log_resume(attrs["stage"], len(videos) - len(todo), len(videos), "videos")
         cut_lines = 0  # subtitle lines the encoder cuts to its limit
-        for video in tqdm(todo, desc="subtitle features", unit="video"):
-            sentences = [s for s in sentences_of.get(video["video_id"], []) if not is_blank(s["text"])]
-            encoded = encoder.encode([s["text"] for s in sentences]) if sentences else []
-            cut_lines += len(over_limit(encoder, [s["text"] for s in sentences]))
-            timestamps, rate = feature_grid(video["duration"], visual)
-            features, mask = pool_subtitles([(s["start"], s["end"], e.tokens) for s, e in zip(sentences, encoded)],
-                                            timestamps, rate, encoder.dim)
-            writer.write(video["video_id"], features, group="features", timestamps=timestamps)
-            writer.write(video["video_id"], mask, group="mask")
+        for start in tqdm(range(0, len(todo), _TEXT_CHUNK), desc="subtitle features", unit="chunk"):
+            pooled = []  # (features (T, D), mask (T,), timestamps (T,)) of each video of the chunk
+            for video in todo[start:start + _TEXT_CHUNK]:
+                sentences = [s for s in sentences_of.get(video["video_id"], []) if not is_blank(s["text"])]
+                encoded = encoder.encode([s["text"] for s in sentences]) if sentences else []
+                cut_lines += len(over_limit(encoder, [s["text"] for s in sentences]))
+                timestamps, rate = feature_grid(video["duration"], visual)
+                pooled.append((*pool_subtitles([(s["start"], s["end"], e.tokens) for s, e in zip(sentences, encoded)],
+                                               timestamps, rate, encoder.dim), timestamps))
+            _write_subtitle_chunk(writer, [video["video_id"] for video in todo[start:start + _TEXT_CHUNK]], pooled)
         writer.finish()
     with_subtitles = sum(1 for video in videos if sentences_of.get(video["video_id"]))
     if cut_lines:

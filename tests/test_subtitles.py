@@ -59,3 +59,36 @@ def test_bad_sentence_is_named(sentence, message):
     good = (0.0, 1.0, np.ones((2, 3)))
     with pytest.raises(ValueError, match=message):
         pool_subtitles([good, sentence], grid(4, 1.0), fps=1.0, dim=3)
+
+
+def test_subtitle_file_holds_each_videos_pooling_across_chunks(tmp_path, monkeypatch):
+    """encode_subtitles writes chunks of videos at once: every video's stored features, mask and
+    timestamps are its own pooling, whichever chunk it falls in, videos without subtitles included."""
+    import pipeline.features
+    from extractors import create_extractor
+    from pipeline.features import encode_subtitles
+    from pipeline.visual import feature_grid
+    from storage import FeatureFile
+
+    monkeypatch.setattr(pipeline.features, "_TEXT_CHUNK", 2)  # 5 videos: chunks of 2, 2 and 1
+    text = {"encoder": "clip-text", "model": "TinyViT-32-test", "pretrained": None, "seed": 0, "layer": -1,
+            "max_length": 77, "strip_special_tokens": False, "batch_size": 4, "device": "cpu"}
+    visual = {"fps": 1.0, "clip_seconds": None}
+    videos = [{"video_id": f"v{k}", "duration": 2.0 + k} for k in range(5)]
+    subtitles = [{"video_id": f"v{k}", "sub": [{"text": f"line {k}", "start": 0.0, "end": 1.0},
+                                               {"text": "another line", "start": 1.5, "end": 2.5}]}
+                 for k in (0, 2, 3)]  # v1 and v4 have none
+    encode_subtitles(videos, subtitles, text, visual, tmp_path / "subtitles.h5", {"stage": "subtitles"})
+
+    encoder = create_extractor("clip-text", model="TinyViT-32-test", seed=0, device="cpu")
+    sentences_of = {entry["video_id"]: entry["sub"] for entry in subtitles}
+    with FeatureFile(tmp_path / "subtitles.h5") as stored:
+        for video in videos:
+            sentences = sentences_of.get(video["video_id"], [])
+            encoded = encoder.encode([s["text"] for s in sentences]) if sentences else []
+            timestamps, rate = feature_grid(video["duration"], visual)
+            features, mask = pool_subtitles([(s["start"], s["end"], e.tokens) for s, e in zip(sentences, encoded)],
+                                            timestamps, rate, encoder.dim)
+            np.testing.assert_array_equal(stored.group("features").read(video["video_id"]), features)
+            np.testing.assert_array_equal(stored.group("mask").read(video["video_id"]), mask)
+            np.testing.assert_array_equal(stored.group("features").read(video["video_id"], "timestamps"), timestamps)
