@@ -49,8 +49,7 @@ def _disk_full(err: Exception, folder: Path) -> bool:
 
 
 def write_text_atomic(path: Path, text: str):
-    with atomic_path(path) as temporary:
-        temporary.write_text(text, encoding="utf-8")
+    write_lines_atomic(path, (text,))
 
 
 def write_json_atomic(path: Path, value):
